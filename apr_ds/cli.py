@@ -1,0 +1,60 @@
+"""`apr-ds <command>`: one entry point per stage. Each command parses its config, runs, and always cleans up.
+
+    apr-ds data  --preset tiny [key=value ...]     problems -> solver traces -> SFT sequences + tokenizer
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from apr_ds.errors import UserError
+
+# command -> (module, help). Each module has `add_arguments(parser)` and `main(args) -> int`.
+COMMANDS = {
+    "data": ("apr_ds.data.build", "build problems, solver traces, SFT sequences and the tokenizer"),
+}
+
+
+def add_config_arguments(parser: argparse.ArgumentParser) -> None:
+    """The config options every config-driven command shares: defaults < preset < --config < key=value."""
+    parser.add_argument("--preset", default="tiny", help="a preset shipped in apr_ds/presets (tiny, cpu, paper)")
+    parser.add_argument("--config", dest="config_file", default=None, help="a YAML file applied after the preset")
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. task.num_train=1000")
+
+
+def config_from_args(args: argparse.Namespace):
+    from apr_ds.config import load_config
+    return load_config(args.preset, args.overrides, args.config_file)
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """Only the chosen command's module is imported, so `apr-ds data` never pays for DeepSpeed's import."""
+    parser = argparse.ArgumentParser(prog="apr-ds", description="Adaptive Parallel Reasoning trainer")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="command")
+    for name, (module_name, help_text) in COMMANDS.items():
+        sub_parser = sub.add_parser(name, help=help_text, description=help_text)
+        if name == command:
+            module = importlib.import_module(module_name)
+            module.add_arguments(sub_parser)
+            sub_parser.set_defaults(module=module)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    command = next((a for a in argv if not a.startswith("-")), None)
+    args = build_parser(command).parse_args(argv)
+    try:
+        return int(args.module.main(args) or 0)
+    except UserError as e:
+        print(f"apr-ds {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"apr-ds {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,256 @@
+"""Typed configuration: dataclasses, YAML presets shipped in the package, `key=value` overrides.
+
+Precedence is defaults < preset YAML < `--config FILE` < `key=value` on the command line.
+Each default is written exactly once, here, in the dataclass field.
+
+    from apr_ds.config import load_config
+    cfg = load_config("tiny", ["task.num_train=500", "data.workers=1"])
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from apr_ds.errors import UserError
+
+PRESET_DIR = Path(__file__).parent / "presets"
+
+
+class ConfigError(UserError, ValueError):
+    """A config key, value or file that cannot be used. The message names the key and the fix."""
+
+
+@dataclass
+class TaskConfig:
+    """The problem distribution and its splits."""
+
+    name: str = "countdown"
+    """Which task. Only `countdown` exists so far."""
+    num_numbers: int = 4
+    """How many input numbers a problem has."""
+    min_number: int = 1
+    """Smallest input number (inclusive)."""
+    max_number: int = 99
+    """Largest input number (inclusive)."""
+    min_target: int = 10
+    """Smallest target (inclusive)."""
+    max_target: int = 100
+    """Largest target (inclusive)."""
+    num_train: int = 500_000
+    num_val: int = 1_000
+    num_test: int = 1_000
+    num_test_unseen_targets: int = 1_000
+    """Problems whose targets never occur in train (Stream of Search's held-out targets)."""
+    unseen_target_fraction: float = 0.1
+    """Fraction of the target range held out of train/val/test for `test_unseen_targets`."""
+    seed: int = 42
+
+
+@dataclass
+class SolverConfig:
+    """The symbolic solvers that write SFT traces (apr-reference §2.5)."""
+
+    heuristic: str = "mult"
+    """`mult` (distance to the nearest factor of the target; the one the reference really uses) or `sum`."""
+    sosp_max_beam: int = 5
+    """SoS+ beam width is drawn uniformly from 1..sosp_max_beam."""
+    sosp_subsearch_probability: float = 0.5
+    """SoS+ chance of an inline recursive sub search at each expansion."""
+    apr_max_beam: int = 10
+    """APR main-thread beam width is drawn uniformly from 1..apr_max_beam."""
+    apr_max_child_beam: int = 15
+    """APR child beam width is drawn uniformly from beam..apr_max_child_beam."""
+    spawn_probability: float = 0.9
+    """Chance that the APR main thread spawns at an eligible expansion (>= 2 non-terminal children).
+    The reference code uses 0.9; the paper's text says 10%. 0.9 reproduces the released data."""
+    max_spawn_depth: int = 1
+    """1 = only the main thread spawns (APR). 2+ lets children spawn too (nested; off by default)."""
+
+
+@dataclass
+class DataConfig:
+    """Turning solver runs into SFT sequences and token files."""
+
+    workers: int = 2
+    """Processes for problem generation and solving. Output is identical for any value."""
+    max_seq_len: int = 4096
+    """Sequences longer than this (in tokens, with bos/eos) are handled by `over_length`."""
+    over_length: str = "drop"
+    """`drop` removes a problem's sequences if any of them is too long; `keep` leaves them (the learner truncates)."""
+    keep_failed: bool = True
+    """Keep traces whose search found no solution (they teach the model to give up and backtrack)."""
+    token_budget_bin: int = 512
+    """`Token Budget: B` rounds the SoS+ trace length up to a multiple of this."""
+    condition: str = "none"
+    """Conditioning prefix: `none`, `token_budget` (SoS+ `Token Budget: B `) or `sub_calls` (APR root `Sub Call Budget: N `)."""
+
+
+@dataclass
+class Config:
+    """One run. Sections group the settings of each stage."""
+
+    run_dir: str = "runs/default"
+    """Where this run writes everything, including its resolved config."""
+    task: TaskConfig = field(default_factory=TaskConfig)
+    solver: SolverConfig = field(default_factory=SolverConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+
+
+# ---------------------------------------------------------------------------- loading
+
+
+def available_presets() -> list[str]:
+    return sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
+
+
+def load_config(preset: str | None = None, overrides: list[str] | None = None, config_file: str | None = None) -> Config:
+    cfg = Config()
+    if preset:
+        path = PRESET_DIR / f"{preset}.yaml"
+        if not path.is_file():
+            raise ConfigError(f"unknown preset {preset!r}{_suggest(preset, available_presets())}; presets: {', '.join(available_presets())}")
+        apply_mapping(cfg, _read_yaml(path))
+    if config_file:
+        apply_mapping(cfg, _read_yaml(Path(config_file)))
+    for item in overrides or []:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"override {item!r} is not of the form key=value (e.g. task.num_train=1000)")
+        set_value(cfg, key.strip(), yaml.safe_load(raw) if raw.strip() else "")
+    return cfg
+
+
+def apply_mapping(cfg: Any, mapping: dict, prefix: str = "") -> None:
+    """Set every key of a nested mapping on a dataclass, checking names and types."""
+    if not isinstance(mapping, dict):
+        raise ConfigError(f"{prefix or 'config'} must be a mapping of keys to values, got {type(mapping).__name__}")
+    for key, value in mapping.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, dict) and _is_section(cfg, str(key)):
+            apply_mapping(getattr(cfg, key), value, prefix=f"{dotted}.")
+        else:
+            set_value(cfg, dotted, value, root_prefix=prefix)
+
+
+def set_value(cfg: Any, dotted: str, value: Any, root_prefix: str = "") -> None:
+    """Set `a.b.c = value`; `cfg` is the object that `dotted` (minus root_prefix) is relative to."""
+    parts = dotted[len(root_prefix):].split(".")
+    target = cfg
+    for depth, name in enumerate(parts):
+        names = [f.name for f in dataclasses.fields(target)]
+        if name not in names:
+            here = root_prefix + ".".join(parts[:depth])
+            candidates = [f"{here}.{n}" if here else n for n in names]
+            raise ConfigError(f"unknown config key {dotted!r}{_suggest(dotted, _all_keys(cfg, root_prefix) + candidates)}")
+        if depth < len(parts) - 1:
+            target = getattr(target, name)
+            if not dataclasses.is_dataclass(target):
+                raise ConfigError(f"config key {dotted!r}: {'.'.join(parts[:depth + 1])} is a value, not a section")
+    name = parts[-1]
+    ftype = {f.name: f.type for f in dataclasses.fields(target)}[name]
+    hint = typing.get_type_hints(type(target))[name]
+    if dataclasses.is_dataclass(hint):
+        raise ConfigError(f"config key {dotted!r} is a section; set its fields, e.g. {dotted}.<key>=...")
+    setattr(target, name, _coerce(dotted, value, hint, ftype))
+
+
+def _coerce(key: str, value: Any, hint: Any, spelled: Any) -> Any:
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(hint)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(key, value, arg, spelled)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(f"config key {key!r} expects {spelled}, got {value!r}")
+    if origin in (list, tuple):
+        (inner, *_) = typing.get_args(hint) or (Any,)
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"config key {key!r} expects a list, got {value!r} (write key=[1,2,3])")
+        return [_coerce(key, v, inner, inner) for v in value]
+    if hint is Any:
+        return value
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"config key {key!r} expects true or false, got {value!r}")
+    if hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ConfigError(f"config key {key!r} expects an integer, got {value!r}")
+    if hint is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise ConfigError(f"config key {key!r} expects a number, got {value!r}")
+    if hint is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise ConfigError(f"config key {key!r} expects a string, got {value!r}")
+    raise ConfigError(f"config key {key!r} has an unsupported type {spelled}")
+
+
+def _is_section(cfg: Any, name: str) -> bool:
+    return dataclasses.is_dataclass(cfg) and name in {f.name for f in dataclasses.fields(cfg)} and dataclasses.is_dataclass(getattr(cfg, name))
+
+
+def _all_keys(cfg: Any, prefix: str = "") -> list[str]:
+    keys = []
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if dataclasses.is_dataclass(value):
+            keys += _all_keys(value, f"{prefix}{f.name}.")
+        else:
+            keys.append(prefix + f.name)
+    return keys
+
+
+def _suggest(word: str, candidates: list[str]) -> str:
+    close = difflib.get_close_matches(word, candidates, n=1, cutoff=0.5)
+    if not close:  # also try the last component alone: `tsk.seed` -> `task.seed`
+        tail = {c.rsplit(".", 1)[-1]: c for c in candidates}
+        hit = difflib.get_close_matches(word.rsplit(".", 1)[-1], list(tail), n=1, cutoff=0.6)
+        close = [tail[hit[0]]] if hit else []
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _read_yaml(path: Path) -> dict:
+    if not path.is_file():
+        raise ConfigError(f"config file {str(path)!r} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config file {str(path)!r} is not valid YAML: {e}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {str(path)!r} must hold a mapping at the top level")
+    return data
+
+
+# ---------------------------------------------------------------------------- saving
+
+
+def config_to_dict(cfg: Any) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def save_config(cfg: Config, directory: str | Path, name: str = "config.yaml") -> Path:
+    """Write the resolved config next to a run's outputs, so the run can be repeated exactly."""
+    path = Path(directory) / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
+    return path

@@ -1,0 +1,227 @@
+"""`apr-ds data`: problems -> solver traces -> SFT sequences -> token files, plus the tokenizer.
+
+    apr-ds data --preset tiny                       # a few thousand problems, about a minute on 2 cores
+    apr-ds data --preset cpu data.workers=2
+    apr-ds data --preset paper run_dir=/scratch/apr # 500k problems; use many workers
+
+Writes under `{run_dir}/data/`:
+    config.yaml                       the resolved config
+    problems/{train,val,test,test_unseen_targets}.jsonl    {"nums": [...], "target": T}
+    traces/{sosp,apr}/{train,val}.jsonl                     solver call trees (one per problem)
+    sequences/{sosp,apr}/{train,val}.jsonl                  {"text", "problem", "role"}
+    tokens/{sosp,apr}/{train,val}.npz                       ids (int32, bos+text+eos per sequence), offsets (int64)
+    tokenizer/                        Hugging Face tokenizer directory
+    manifest.json                     config, seed, counts, solver and token statistics, tokenizer sha256
+The output is byte-identical for a given config, whatever `data.workers` is.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+METHODS = ("sosp", "apr")
+SEQUENCE_SPLITS = ("train", "val")
+
+
+def add_arguments(parser) -> None:
+    from apr_ds.cli import add_config_arguments
+    add_config_arguments(parser)
+
+
+def main(args) -> int:
+    from apr_ds.cli import config_from_args
+    cfg = config_from_args(args)
+    started = time.time()
+    manifest = build(cfg)
+    print_summary(manifest, time.time() - started)
+    return 0
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def _jsonl(rows) -> bytes:
+    return "".join(json.dumps(r, separators=(",", ":")) + "\n" for r in rows).encode()
+
+
+def _solve_job(job):
+    from apr_ds.tasks.countdown import Problem
+    from apr_ds.tasks.solvers import SOLVERS, problem_rng
+    method, split, index, problem_json, solver_cfg, seed = job
+    run = SOLVERS[method](Problem.from_json(problem_json), solver_cfg, problem_rng(seed, method, f"{split}:{index}"))
+    return run
+
+
+def solve_all(method: str, split: str, problems, cfg, pool, progress) -> list:
+    jobs = [(method, split, i, p.to_json(), cfg.solver, cfg.task.seed) for i, p in enumerate(problems)]
+    runs = []
+    results = pool.imap(_solve_job, jobs, chunksize=64) if pool else map(_solve_job, jobs)
+    for run in results:
+        runs.append(run)
+        progress.update(1)
+    return runs
+
+
+def build(cfg) -> dict:
+    import numpy as np
+    from tqdm import tqdm
+
+    from apr_ds.config import save_config
+    from apr_ds.data.sequences import run_to_json, run_to_sequences
+    from apr_ds.data.tokenizer import encode, save_tokenizer, tokenizer_sha256
+    from apr_ds.errors import UserError
+    from apr_ds.tasks.countdown import make_splits
+
+    if cfg.task.name != "countdown":
+        raise UserError(f"task.name {cfg.task.name!r} is not implemented; available: countdown")
+    if cfg.data.over_length not in ("drop", "keep"):
+        raise UserError(f"data.over_length must be drop or keep, got {cfg.data.over_length!r}")
+    if cfg.data.workers < 1:
+        raise UserError(f"data.workers must be >= 1, got {cfg.data.workers}")
+    out = Path(cfg.run_dir) / "data"
+    save_config(cfg, out)
+    tokenizer = save_tokenizer(out / "tokenizer")
+
+    total = sum([cfg.task.num_train, cfg.task.num_val, cfg.task.num_test, cfg.task.num_test_unseen_targets])
+    with tqdm(total=total, desc="problems", unit="pb", dynamic_ncols=True) as bar:
+        try:
+            splits = make_splits(cfg.task, workers=cfg.data.workers, progress=bar.update)
+        except ValueError as e:
+            raise UserError(str(e)) from None
+    for name, problems in splits.items():
+        _write_atomic(out / "problems" / f"{name}.jsonl", _jsonl(p.to_json() for p in problems))
+
+    pool = None
+    if cfg.data.workers > 1:
+        import multiprocessing as mp
+        pool = mp.get_context("fork").Pool(cfg.data.workers)
+    stats: dict = {}
+    try:
+        for method in METHODS:
+            stats[method] = {}
+            for split in SEQUENCE_SPLITS:
+                problems = splits[split]
+                with tqdm(total=len(problems), desc=f"solve {method}/{split}", unit="pb", dynamic_ncols=True) as bar:
+                    runs = solve_all(method, split, problems, cfg, pool, bar)
+                _write_atomic(out / "traces" / method / f"{split}.jsonl", _jsonl(run_to_json(r) for r in runs))
+                seqs, token_lists, split_stats = _sequences(runs, cfg, tokenizer, encode)
+                _write_atomic(out / "sequences" / method / f"{split}.jsonl", _jsonl(s.to_json() for s in seqs))
+                ids = np.concatenate([np.asarray(t, dtype=np.int32) for t in token_lists]) if token_lists else np.zeros(0, np.int32)
+                offsets = np.zeros(len(token_lists) + 1, dtype=np.int64)
+                offsets[1:] = np.cumsum([len(t) for t in token_lists])
+                path = out / "tokens" / method / f"{split}.npz"
+                path.parent.mkdir(parents=True, exist_ok=True)
+                np.savez(str(path) + ".tmp.npz", ids=ids, offsets=offsets)
+                os.replace(str(path) + ".tmp.npz", path)
+                stats[method][split] = split_stats
+    finally:
+        if pool:
+            pool.close()
+            pool.join()
+
+    manifest = {
+        "format": 1,
+        "task": cfg.task.name,
+        "seed": cfg.task.seed,
+        "config": json.loads(json.dumps(__import__("dataclasses").asdict(cfg))),
+        "problems": {name: len(p) for name, p in splits.items()},
+        "tokenizer_sha256": tokenizer_sha256(out / "tokenizer"),
+        "vocab_size": len(tokenizer),
+        "bos_token_id": tokenizer.bos_token_id,
+        "eos_token_id": tokenizer.eos_token_id,
+        "pad_token_id": tokenizer.pad_token_id,
+        "methods": stats,
+    }
+    _write_atomic(out / "manifest.json", (json.dumps(manifest, indent=2) + "\n").encode())
+    return manifest
+
+
+def _percentiles(values) -> dict:
+    import numpy as np
+    if not values:
+        return {"p50": 0, "p95": 0, "max": 0, "mean": 0.0}
+    arr = np.asarray(values)
+    return {"p50": int(np.percentile(arr, 50)), "p95": int(np.percentile(arr, 95)), "max": int(arr.max()),
+            "mean": round(float(arr.mean()), 1)}
+
+
+def _common_prefix(a: list[int], b: list[int]) -> int:
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i
+
+
+def _sequences(runs, cfg, tokenizer, encode):
+    """Tokenize and filter one split's runs. Returns (kept sequences, their token ids, statistics)."""
+    from apr_ds.data.sequences import run_to_sequences
+    bos, eos, limit = tokenizer.bos_token_id, tokenizer.eos_token_id, cfg.data.max_seq_len
+    kept, token_lists = [], []
+    seq_lens, longest_thread, total_tokens, children, spawns = [], [], [], [], []
+    dropped_failed = dropped_long = solved = 0
+    count = lambda text: len(encode(tokenizer, text))  # noqa: E731
+    for index, run in enumerate(runs):
+        solved += run.solved
+        seqs = run_to_sequences(run, index, cfg.data.condition, count, cfg.data.token_budget_bin, limit)
+        ids = [[bos] + encode(tokenizer, s.text) + [eos] for s in seqs]
+        threads = run.threads()
+        spawns.append(sum(len(t.sub_calls) for t in threads))
+        children += [len(spawn) for t in threads for spawn in t.sub_calls]
+        # Total tokens: every thread's tokens, counting the text consecutive main calls share only once.
+        shared = 0
+        start = 0
+        for thread in threads:
+            calls = ids[start:start + len(thread.main_calls)]
+            shared += sum(_common_prefix(a, b) for a, b in zip(calls, calls[1:]))
+            start += len(thread.main_calls)
+        total_tokens.append(sum(len(x) for x in ids) - shared)
+        longest_thread.append(max(len(x) for x in ids))
+        if not run.solved and not cfg.data.keep_failed:
+            dropped_failed += 1
+            continue
+        if cfg.data.over_length == "drop" and max(len(x) for x in ids) > limit:
+            dropped_long += 1
+            continue
+        kept += seqs
+        token_lists += ids
+        seq_lens += [len(x) for x in ids]
+    n = max(len(runs), 1)
+    stats = {
+        "problems": len(runs),
+        "solver_success": round(solved / n, 4),
+        "solved_within_limit": None,
+        "sequences": len(kept),
+        "tokens": int(sum(seq_lens)),
+        "dropped_failed": dropped_failed,
+        "dropped_over_length": dropped_long,
+        "spawns_per_problem": round(sum(spawns) / n, 3),
+        "children_per_spawn": round(sum(children) / max(len(children), 1), 3),
+        "tokens_per_sequence": _percentiles(seq_lens),
+        "longest_thread_per_problem": _percentiles(longest_thread),
+        "total_tokens_per_problem": _percentiles(total_tokens),
+    }
+    stats["solved_within_limit"] = round(sum(1 for r, l in zip(runs, longest_thread) if r.solved and l <= limit) / n, 4)
+    return kept, token_lists, stats
+
+
+def print_summary(manifest: dict, seconds: float) -> None:
+    p = manifest["problems"]
+    print(f"\nproblems: train {p['train']}, val {p['val']}, test {p['test']}, test_unseen_targets {p['test_unseen_targets']}")
+    header = f"{'method':<6} {'solved':>7} {'in-limit':>8} {'seqs':>8} {'spawns/pb':>9} {'child/spawn':>11} {'tok/seq p50/p95/max':>22} {'longest p95':>11} {'total/pb p50':>12}"
+    print(header)
+    for method, splits in manifest["methods"].items():
+        s = splits["train"]
+        t = s["tokens_per_sequence"]
+        print(f"{method:<6} {s['solver_success']:>7.1%} {s['solved_within_limit']:>8.1%} {s['sequences']:>8} {s['spawns_per_problem']:>9.2f} "
+              f"{s['children_per_spawn']:>11.2f} {str(t['p50']) + '/' + str(t['p95']) + '/' + str(t['max']):>22} "
+              f"{s['longest_thread_per_problem']['p95']:>11} {s['total_tokens_per_problem']['p50']:>12}")
+    print(f"(train split; 'in-limit' = solved with every thread within data.max_seq_len={manifest['config']['data']['max_seq_len']} tokens)")
+    print(f"done in {seconds:.1f}s")

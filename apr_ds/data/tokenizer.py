@@ -1,0 +1,98 @@
+"""The domain tokenizer: trace phrases, numbers 0..999 and single characters as tokens.
+
+Built with the `tokenizers` library and saved as a Hugging Face tokenizer directory
+(`tokenizer.json` + `tokenizer_config.json` + `special_tokens_map.json`), so transformers'
+`AutoTokenizer` and SGLang's `--tokenizer-path` load it as-is.
+
+Why a domain tokenizer: Llama-2's tokenizer spells every digit separately and needs a hub download;
+whole-number tokens shorten traces ~2x, which is what makes CPU training feasible (cpu-scale-probe §1).
+The vocabulary is a fixed, ordered list (never built from a set: set order changes between processes).
+
+Ids: 0 `<pad>`, 1 `<s>`, 2 `</s>`, 3 `<unk>` (Llama-2's pad/bos/eos ids). Nothing is added to the text
+on encode: prompts carry `<s>` explicitly (as ids, or as the literal text `<s>`), which avoids the
+reference's double-BOS pitfall. A newline is always its own token and phrases never contain one, so a
+prompt's tokens are a prefix of the tokens of any text that continues it on a new line.
+
+To train with Llama-2's tokenizer instead, point `data.tokenizer` at a local directory holding its
+`tokenizer.json` (nothing is downloaded at run time); digits are then split one per token.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import string
+from pathlib import Path
+
+PAD, BOS, EOS, UNK = "<pad>", "<s>", "</s>", "<unk>"
+SPECIAL_TOKENS = [PAD, BOS, EOS, UNK]
+MAX_WHOLE_NUMBER = 999
+
+# Longest phrases of the trace language (apr-reference §2.1-2.3). Order is the id order: append, never reorder.
+PHRASES = [
+    "Current State: ", ", Operations: ", "Exploring Operation: ", ", Resulting Numbers: ", "Generated Node #",
+    " Operation: ", "Moving to Node #", " equal: Goal Reached", " unequal: No Solution", "No solution found.",
+    "No solution found in sub search", "Start Sub Search at level ", "Exit Sub Search at level ",
+    "<Calling Sub Searches>", "<End Calling Sub Searches>", "<Start Sub Search ", " at level ", "> Moving to Node #",
+    "<Sub Searches>", "<End Sub Searches>", "<No Solution in Sub Search ", "<Goal Reached in Sub Search ",
+    " at Node #", "Token Budget: ", "Sub Call Budget: ", ": Moving to Node #",
+]
+CHARACTERS = [c for c in string.printable if c not in "\x0b\x0c\r"]
+
+
+def vocabulary() -> list[str]:
+    numbers = [str(n) for n in range(MAX_WHOLE_NUMBER + 1)]
+    seen, vocab = set(), []
+    for token in SPECIAL_TOKENS + PHRASES + numbers + CHARACTERS:
+        if token not in seen:
+            seen.add(token)
+            vocab.append(token)
+    return vocab
+
+
+def _split_pattern() -> str:
+    import re
+    phrases = sorted(PHRASES, key=len, reverse=True)  # sorted() is stable and the list is fixed: deterministic
+    # A number of up to 3 digits that is not part of a longer number is one token; longer numbers go digit by digit.
+    return "|".join([re.escape(p) for p in phrases] + [r"(?<!\d)\d{1,3}(?!\d)", r"."]) 
+
+
+def build_tokenizer():
+    """A `transformers.PreTrainedTokenizerFast` over the domain vocabulary."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {token: i for i, token in enumerate(vocabulary())}
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token=UNK))
+    tok.pre_tokenizer = pre_tokenizers.Split(Regex(_split_pattern()), behavior="isolated")
+    tok.decoder = decoders.Fuse()
+    tok.add_special_tokens(SPECIAL_TOKENS)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=BOS, eos_token=EOS, pad_token=PAD, unk_token=UNK,
+                                   clean_up_tokenization_spaces=False)
+
+
+def save_tokenizer(directory: str | Path):
+    tokenizer = build_tokenizer()
+    tokenizer.save_pretrained(str(directory))
+    return tokenizer
+
+
+def load_tokenizer(directory: str | Path):
+    from transformers import AutoTokenizer
+    from apr_ds.errors import UserError
+    path = Path(directory)
+    if not (path / "tokenizer.json").is_file():
+        raise UserError(f"no tokenizer at {str(path)!r} (expected {path / 'tokenizer.json'}); run `apr-ds data` first")
+    return AutoTokenizer.from_pretrained(str(path))
+
+
+def tokenizer_sha256(directory: str | Path) -> str:
+    """Identity of a tokenizer: data files record it, the learner checks it."""
+    return hashlib.sha256((Path(directory) / "tokenizer.json").read_bytes()).hexdigest()
+
+
+def encode(tokenizer, text: str) -> list[int]:
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def decode(tokenizer, ids) -> str:
+    return tokenizer.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)

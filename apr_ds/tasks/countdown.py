@@ -1,0 +1,213 @@
+"""Countdown: combine the input numbers with + - * / to reach the target (APR rules).
+
+Rules, as in the APR reference (`combine_nums`):
+- two numbers at a time until one is left, so every input is used exactly once;
+- `a+b` and `a*b` are written in the order the pair was taken;
+- subtraction is larger-smaller (results >= 0, 0 allowed), written larger first;
+- division is larger/smaller, only when exact and the divisor is not 0, written larger first.
+
+Problems are pure functions of (seed, stream, index), so any number of worker
+processes produces byte-identical splits.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import random
+from dataclasses import dataclass
+from functools import lru_cache
+
+
+@dataclass(frozen=True)
+class Problem:
+    nums: tuple[int, ...]
+    target: int
+
+    @property
+    def key(self) -> tuple[tuple[int, ...], int]:
+        """De-duplication key: the multiset of numbers and the target."""
+        return tuple(sorted(self.nums)), self.target
+
+    def to_json(self) -> dict:
+        return {"nums": list(self.nums), "target": self.target}
+
+    @staticmethod
+    def from_json(obj: dict) -> "Problem":
+        return Problem(tuple(int(n) for n in obj["nums"]), int(obj["target"]))
+
+
+def combine(a: int, b: int) -> list[tuple[int, str]]:
+    """Every legal (result, operation string) for the pair (a, b)."""
+    out = [(a + b, f"{a}+{b}={a + b}"), (a * b, f"{a}*{b}={a * b}")]
+    hi, lo = (b, a) if a <= b else (a, b)
+    out.append((hi - lo, f"{hi}-{lo}={hi - lo}"))
+    if lo != 0 and hi % lo == 0:
+        out.append((hi // lo, f"{hi}/{lo}={hi // lo}"))
+    return out
+
+
+def successors(nums: tuple[int, ...] | list[int]) -> list[tuple[list[int], str]]:
+    """All states one operation away: the untouched numbers in order, then the result (reference order)."""
+    out = []
+    for i, j in itertools.combinations(range(len(nums)), 2):
+        rest = [nums[k] for k in range(len(nums)) if k != i and k != j]
+        for result, op in combine(nums[i], nums[j]):
+            out.append((rest + [result], op))
+    return out
+
+
+@lru_cache(maxsize=200_000)
+def _solve_sorted(nums: tuple[int, ...], target: int) -> tuple[str, ...] | None:
+    if len(nums) == 1:
+        return () if nums[0] == target else None
+    for new_nums, op in successors(nums):
+        rest = _solve_sorted(tuple(sorted(new_nums)), target)
+        if rest is not None:
+            return (op,) + rest
+    return None
+
+
+def solve(problem: Problem) -> list[str] | None:
+    """One solution (a list of operation strings) by exhaustive search, or None."""
+    found = _solve_sorted(tuple(sorted(problem.nums)), problem.target)
+    return list(found) if found is not None else None
+
+
+# ---------------------------------------------------------------------------- generation
+
+
+def heldout_targets(min_target: int, max_target: int, fraction: float, seed: int) -> frozenset[int]:
+    """Targets reserved for `test_unseen_targets` (Stream of Search holds out 10% of 10..100)."""
+    targets = list(range(min_target, max_target + 1))
+    random.Random(f"apr-ds:heldout:{seed}").shuffle(targets)
+    count = math.ceil(fraction * len(targets)) if fraction > 0 else 0
+    return frozenset(targets[:count])
+
+
+def draw_problem(seed: int, stream: str, index: int, targets: tuple[int, ...], num_numbers: int,
+                 min_number: int, max_number: int, max_tries: int = 10_000) -> Problem:
+    """Candidate `index` of a stream: the target first, then numbers redrawn until solvable (as APR does)."""
+    rng = random.Random(f"apr-ds:{seed}:{stream}:{index}")
+    target = rng.choice(targets)
+    for _ in range(max_tries):
+        nums = tuple(rng.randint(min_number, max_number) for _ in range(num_numbers))
+        problem = Problem(nums, target)
+        if solve(problem) is not None:
+            return problem
+    raise ValueError(f"no solvable problem for target {target} with {num_numbers} numbers in {min_number}..{max_number} "
+                     f"after {max_tries} draws; widen task.min_number..task.max_number or change task.num_numbers")
+
+
+def _draw_chunk(args: tuple) -> list[Problem]:
+    seed, stream, start, stop, targets, num_numbers, lo, hi = args
+    return [draw_problem(seed, stream, i, targets, num_numbers, lo, hi) for i in range(start, stop)]
+
+
+SPLITS = ("train", "val", "test", "test_unseen_targets")
+
+
+def make_splits(cfg, workers: int = 1, chunk: int = 512, progress=None) -> dict[str, list[Problem]]:
+    """Disjoint, de-duplicated splits. `cfg` is a TaskConfig.
+
+    Candidates come from two streams: one over the seen targets (filling test, val, then train, so
+    growing train never changes the eval splits) and one over the held-out targets. De-duplication
+    walks candidates in index order, so the result does not depend on `workers`.
+    """
+    held = heldout_targets(cfg.min_target, cfg.max_target, cfg.unseen_target_fraction, cfg.seed)
+    seen = tuple(t for t in range(cfg.min_target, cfg.max_target + 1) if t not in held)
+    if not seen:
+        raise ValueError("task.unseen_target_fraction leaves no targets for train/val/test")
+    plan = [("seen", seen, [("test", cfg.num_test), ("val", cfg.num_val), ("train", cfg.num_train)]),
+            ("unseen", tuple(sorted(held)), [("test_unseen_targets", cfg.num_test_unseen_targets)])]
+    splits: dict[str, list[Problem]] = {name: [] for name in SPLITS}
+    seen_keys: set = set()
+    pool = None
+    if workers > 1:
+        import multiprocessing as mp
+        pool = mp.get_context("spawn" if _needs_spawn() else "fork").Pool(workers)
+    try:
+        for stream, targets, wanted in plan:
+            need = [(name, count) for name, count in wanted if count > 0]
+            if not need:
+                continue
+            if not targets:
+                raise ValueError(f"split {need[0][0]} needs held-out targets; set task.unseen_target_fraction > 0")
+            index, stale = 0, 0
+            while need:
+                jobs = [(cfg.seed, stream, s, s + chunk, targets, cfg.num_numbers, cfg.min_number, cfg.max_number)
+                        for s in range(index, index + chunk * max(workers, 1), chunk)]
+                index += chunk * max(workers, 1)
+                batches = pool.map(_draw_chunk, jobs) if pool else [_draw_chunk(j) for j in jobs]
+                added = 0
+                for problem in itertools.chain.from_iterable(batches):
+                    if not need:
+                        break
+                    if problem.key in seen_keys:
+                        continue
+                    seen_keys.add(problem.key)
+                    splits[need[0][0]].append(problem)
+                    added += 1
+                    if progress:
+                        progress(1)
+                    if len(splits[need[0][0]]) == need[0][1]:
+                        need.pop(0)
+                stale = 0 if added else stale + 1
+                if stale >= 20:
+                    have = sum(len(splits[n]) for n, _ in wanted)
+                    raise ValueError(f"only {have} distinct problems exist in this task range; asked for "
+                                     f"{sum(c for _, c in wanted)} ({stream} targets). Lower task.num_* or widen the ranges")
+    finally:
+        if pool:
+            pool.close()
+            pool.join()
+    return splits
+
+
+def _needs_spawn() -> bool:
+    import sys
+    return sys.platform == "darwin"
+
+
+# ---------------------------------------------------------------------------- verification
+
+
+@dataclass(frozen=True)
+class Verdict:
+    ok: bool
+    reason: str
+    """'ok', or what failed first, e.g. "step 2: 7 not available in [3, 5]"."""
+    answer: tuple[str, ...] = ()
+    """The operations of the verified path (empty when not ok). Used for majority votes."""
+
+
+GOAL = "Goal Reached"
+
+
+def extract_solution_path(output: str) -> str | None:
+    """The summary path: text after the second-to-last `Goal Reached` (the APR reference's rule)."""
+    first = output.rfind(GOAL)
+    if first < 0:
+        return None
+    second = output.rfind(GOAL, 0, first)
+    if second < 0:
+        return None
+    return output[second + len(GOAL):first + len(GOAL)]
+
+
+def verify(problem: Problem, output) -> Verdict:
+    """Strict check of a main-thread output: replay its solution path from the original numbers.
+
+    Success needs every step to use numbers that are present (as a multiset), correct and legal
+    arithmetic (subtraction larger-first and >= 0, exact division by non-zero), every state line in
+    the path to agree with the replay, and the path to end at exactly [target]. Never raises.
+    """
+    try:
+        if isinstance(output, (bytes, bytearray)):
+            output = bytes(output).decode("utf-8", errors="replace")
+        if not isinstance(output, str):
+            return Verdict(False, f"output is {type(output).__name__}, not text")
+        from apr_ds.lang.syntax import replay_path  # the line grammar lives in the trace language
+        return replay_path(problem, extract_solution_path(output))
+    except Exception as e:  # a verifier that raises would crash RL; report instead
+        return Verdict(False, f"verifier error: {type(e).__name__}: {e}")

@@ -1,0 +1,65 @@
+import subprocess
+
+import pytest
+import yaml
+
+from apr_ds.config import ConfigError, available_presets, load_config, save_config
+
+
+def test_presets_load_and_differ():
+    assert {"tiny", "cpu", "paper"} <= set(available_presets())
+    tiny, paper = load_config("tiny"), load_config("paper")
+    assert tiny.task.num_numbers == 3 and paper.task.num_numbers == 4
+    assert (paper.task.min_number, paper.task.max_number, paper.task.min_target, paper.task.max_target) == (1, 99, 10, 100)
+
+
+def test_overrides_are_typed():
+    cfg = load_config("tiny", ["task.num_train=12", "solver.spawn_probability=1", "data.keep_failed=false", "run_dir=/x"])
+    assert cfg.task.num_train == 12
+    assert cfg.solver.spawn_probability == 1.0 and isinstance(cfg.solver.spawn_probability, float)
+    assert cfg.data.keep_failed is False
+    assert cfg.run_dir == "/x"
+
+
+@pytest.mark.parametrize("override, message", [
+    ("task.num_trian=3", "unknown config key 'task.num_trian' (did you mean 'task.num_train'?)"),
+    ("tsk.seed=1", "did you mean 'task.seed'?"),
+    ("seed=1", "did you mean 'task.seed'?"),
+    ("task.seed=abc", "config key 'task.seed' expects an integer, got 'abc'"),
+    ("data.keep_failed=3", "config key 'data.keep_failed' expects true or false"),
+    ("task=3", "config key 'task' is a section"),
+    ("task.seed", "is not of the form key=value"),
+])
+def test_bad_overrides_name_the_key(override, message):
+    with pytest.raises(ConfigError) as err:
+        load_config("tiny", [override])
+    assert message in str(err.value)
+
+
+def test_bad_yaml_file(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("task:\n  num_numbres: 3\n")
+    with pytest.raises(ConfigError, match="did you mean 'task.num_numbers'"):
+        load_config("tiny", config_file=str(bad))
+    bad.write_text("task: [1, 2\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config("tiny", config_file=str(bad))
+    with pytest.raises(ConfigError, match="unknown preset 'tinny'.*did you mean 'tiny'"):
+        load_config("tinny")
+
+
+def test_resolved_config_round_trips(tmp_path):
+    cfg = load_config("cpu", ["task.seed=7"])
+    path = save_config(cfg, tmp_path)
+    again = load_config(None, config_file=str(path))
+    assert again == cfg
+    assert yaml.safe_load(path.read_text())["task"]["seed"] == 7
+
+
+def test_cli_reports_config_errors_without_traceback(apr_ds_cli, tmp_path):
+    proc = subprocess.run(apr_ds_cli + ["data", "--preset", "tiny", f"run_dir={tmp_path}", "task.sed=3"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert "apr-ds data: error: unknown config key 'task.sed' (did you mean 'task.seed'?)" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "data").exists()  # nothing written for a config that does not load
