@@ -89,8 +89,68 @@ class DataConfig:
     """Keep traces whose search found no solution (they teach the model to give up and backtrack)."""
     token_budget_bin: int = 512
     """`Token Budget: B` rounds the SoS+ trace length up to a multiple of this."""
-    condition: str = "none"
-    """Conditioning prefix: `none`, `token_budget` (SoS+ `Token Budget: B `) or `sub_calls` (APR root `Sub Call Budget: N `)."""
+    sosp_token_budget: bool = False
+    """Prefix SoS+ sequences with `Token Budget: B ` (length conditioning, apr-reference §3)."""
+    apr_sub_call_budget: bool = False
+    """Prefix APR root main calls with `Sub Call Budget: N ` (child-count conditioning)."""
+
+
+@dataclass
+class ModelConfig:
+    """The Llama model (apr_ds/model.py presets; apr-reference §3)."""
+
+    preset: str = "tiny"
+    """Named shape: `tiny` (~1M params), `cpu` (~2M), `paper` (18 layers, d=1024: 228M non-embedding)."""
+    context: int | None = None
+    """Maximum sequence length in tokens; None = the preset's (tiny 512, cpu 768, paper 4096). Longer sequences are truncated."""
+
+
+@dataclass
+class SFTConfig:
+    """Supervised fine-tuning on solver traces with DeepSpeed ZeRO-3 (apr-reference §3). Writes {run_dir}/sft/{method}/."""
+
+    method: str = "sosp"
+    """Which sequences to train on: `sosp` (SoS+) or `apr`."""
+    ds_config: str = "zero3.json"
+    """DeepSpeed config: a file name in ds_configs/ (`zero3.json` bf16 GPUs, `zero3_cpu.json`, `zero3_offload.json`) or a path."""
+    precision: str = "bf16"
+    """`fp32` or `bf16`. Must agree with the DeepSpeed config's `bf16.enabled`."""
+    global_batch: int = 256
+    """Sequences per optimizer step over all ranks. Must equal micro_batch x accumulation x world size."""
+    micro_batch: int = 8
+    """Sequences per rank per forward/backward. Accumulation steps = global_batch / (micro_batch x world size)."""
+    steps: int = 19_000
+    """Optimizer steps in the whole run (the cosine schedule spans them)."""
+    lr: float = 5e-5
+    """Peak learning rate, reached at the end of warmup."""
+    warmup_start_lr: float = 5e-6
+    """Learning rate of the first step; rises linearly to `lr` over `warmup_steps`."""
+    warmup_steps: int = 1
+    min_lr: float = 5e-7
+    """Cosine decay from `lr` ends here, at step `steps`."""
+    beta1: float = 0.9
+    beta2: float = 0.999
+    weight_decay: float = 0.01
+    """AdamW decoupled weight decay, applied to matrices (embeddings included), not to RMSNorm gains."""
+    grad_clip: float = 1.0
+    """Clip the global gradient norm to this; 0 turns clipping off."""
+    seed: int = 0
+    """Seeds model init and the data order (with the epoch)."""
+    bucket_steps: int = 50
+    """Length bucketing: each window of this many steps' sequences is sorted by length before it is cut into batches.
+    Larger wastes less compute on padding; 1 still buckets within a step."""
+    log_every: int = 10
+    """Steps between train-scalar logs (TensorBoard and scalars.jsonl)."""
+    eval_every: int = 500
+    """Steps between validation loss + greedy probe; both also run at the end."""
+    eval_sequences: int = 512
+    """Validation sequences scored for val loss (the first ones of the val split); 0 = all."""
+    probe_problems: int = 32
+    """Val problems decoded greedily (main thread only) and checked by the strict verifier at each eval; 0 = off."""
+    save_every: int = 1000
+    """Steps between sharded DeepSpeed checkpoints; a final one is always written."""
+    keep_last: int = 3
+    """Complete checkpoints kept; older ones are deleted after a new one is complete."""
 
 
 @dataclass
@@ -102,6 +162,8 @@ class Config:
     task: TaskConfig = field(default_factory=TaskConfig)
     solver: SolverConfig = field(default_factory=SolverConfig)
     data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    sft: SFTConfig = field(default_factory=SFTConfig)
 
 
 # ---------------------------------------------------------------------------- loading
@@ -195,6 +257,11 @@ def _coerce(key: str, value: Any, hint: Any, spelled: Any) -> Any:
     if hint is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads `1e-3` (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
         raise ConfigError(f"config key {key!r} expects a number, got {value!r}")
     if hint is str:
         if isinstance(value, (str, int, float)) and not isinstance(value, bool):

@@ -24,7 +24,7 @@ def test_overrides_are_typed():
 @pytest.mark.parametrize("override, message", [
     ("task.num_trian=3", "unknown config key 'task.num_trian' (did you mean 'task.num_train'?)"),
     ("tsk.seed=1", "did you mean 'task.seed'?"),
-    ("seed=1", "did you mean 'task.seed'?"),
+    ("num_val=1", "did you mean 'task.num_val'?"),
     ("task.seed=abc", "config key 'task.seed' expects an integer, got 'abc'"),
     ("data.keep_failed=3", "config key 'data.keep_failed' expects true or false"),
     ("task=3", "config key 'task' is a section"),

@@ -51,16 +51,17 @@ def _jsonl(rows) -> bytes:
     return "".join(json.dumps(r, separators=(",", ":")) + "\n" for r in rows).encode()
 
 
+_TASK = None  # set in the parent before the pool forks, so workers inherit it
+
+
 def _solve_job(job):
-    from apr_ds.tasks.countdown import Problem
-    from apr_ds.tasks.solvers import SOLVERS, problem_rng
-    method, split, index, problem_json, solver_cfg, seed = job
-    run = SOLVERS[method](Problem.from_json(problem_json), solver_cfg, problem_rng(seed, method, f"{split}:{index}"))
-    return run
+    from apr_ds.tasks.solvers import problem_rng
+    method, split, index, problem, seed = job
+    return _TASK.solve(problem, method, problem_rng(seed, method, f"{split}:{index}"))
 
 
 def solve_all(method: str, split: str, problems, cfg, pool, progress) -> list:
-    jobs = [(method, split, i, p.to_json(), cfg.solver, cfg.task.seed) for i, p in enumerate(problems)]
+    jobs = [(method, split, i, p, cfg.task.seed) for i, p in enumerate(problems)]
     runs = []
     results = pool.imap(_solve_job, jobs, chunksize=64) if pool else map(_solve_job, jobs)
     for run in results:
@@ -77,10 +78,10 @@ def build(cfg) -> dict:
     from apr_ds.data.sequences import run_to_json, run_to_sequences
     from apr_ds.data.tokenizer import encode, save_tokenizer, tokenizer_sha256
     from apr_ds.errors import UserError
-    from apr_ds.tasks.countdown import make_splits
+    from apr_ds.tasks import get_task
 
-    if cfg.task.name != "countdown":
-        raise UserError(f"task.name {cfg.task.name!r} is not implemented; available: countdown")
+    global _TASK
+    task = _TASK = get_task(cfg)
     if cfg.data.over_length not in ("drop", "keep"):
         raise UserError(f"data.over_length must be drop or keep, got {cfg.data.over_length!r}")
     if cfg.data.workers < 1:
@@ -92,7 +93,7 @@ def build(cfg) -> dict:
     total = sum([cfg.task.num_train, cfg.task.num_val, cfg.task.num_test, cfg.task.num_test_unseen_targets])
     with tqdm(total=total, desc="problems", unit="pb", dynamic_ncols=True) as bar:
         try:
-            splits = make_splits(cfg.task, workers=cfg.data.workers, progress=bar.update)
+            splits = task.make_splits(workers=cfg.data.workers, progress=bar.update)
         except ValueError as e:
             raise UserError(str(e)) from None
     for name, problems in splits.items():
@@ -111,7 +112,9 @@ def build(cfg) -> dict:
                 with tqdm(total=len(problems), desc=f"solve {method}/{split}", unit="pb", dynamic_ncols=True) as bar:
                     runs = solve_all(method, split, problems, cfg, pool, bar)
                 _write_atomic(out / "traces" / method / f"{split}.jsonl", _jsonl(run_to_json(r) for r in runs))
-                seqs, token_lists, split_stats = _sequences(runs, cfg, tokenizer, encode)
+                condition = {"sosp": "token_budget" if cfg.data.sosp_token_budget else "none",
+                             "apr": "sub_calls" if cfg.data.apr_sub_call_budget else "none"}[method]
+                seqs, token_lists, split_stats = _sequences(runs, condition, cfg, tokenizer, encode)
                 _write_atomic(out / "sequences" / method / f"{split}.jsonl", _jsonl(s.to_json() for s in seqs))
                 ids = np.concatenate([np.asarray(t, dtype=np.int32) for t in token_lists]) if token_lists else np.zeros(0, np.int32)
                 offsets = np.zeros(len(token_lists) + 1, dtype=np.int64)
@@ -128,7 +131,7 @@ def build(cfg) -> dict:
 
     manifest = {
         "format": 1,
-        "task": cfg.task.name,
+        "task": task.name,
         "seed": cfg.task.seed,
         "config": json.loads(json.dumps(__import__("dataclasses").asdict(cfg))),
         "problems": {name: len(p) for name, p in splits.items()},
@@ -160,7 +163,7 @@ def _common_prefix(a: list[int], b: list[int]) -> int:
     return i
 
 
-def _sequences(runs, cfg, tokenizer, encode):
+def _sequences(runs, condition, cfg, tokenizer, encode):
     """Tokenize and filter one split's runs. Returns (kept sequences, their token ids, statistics)."""
     from apr_ds.data.sequences import run_to_sequences
     bos, eos, limit = tokenizer.bos_token_id, tokenizer.eos_token_id, cfg.data.max_seq_len
@@ -170,7 +173,7 @@ def _sequences(runs, cfg, tokenizer, encode):
     count = lambda text: len(encode(tokenizer, text))  # noqa: E731
     for index, run in enumerate(runs):
         solved += run.solved
-        seqs = run_to_sequences(run, index, cfg.data.condition, count, cfg.data.token_budget_bin, limit)
+        seqs = run_to_sequences(run, index, condition, count, cfg.data.token_budget_bin, limit)
         ids = [[bos] + encode(tokenizer, s.text) + [eos] for s in seqs]
         threads = run.threads()
         spawns.append(sum(len(t.sub_calls) for t in threads))

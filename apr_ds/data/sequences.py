@@ -39,16 +39,14 @@ def round_up(n: int, bin_size: int, cap: int) -> int:
 
 
 def run_to_sequences(run: SolverRun, problem: int, condition: str, count_tokens, bin_size: int, cap: int) -> list[Sequence]:
-    """`count_tokens(text)` gives a text's token count without bos/eos."""
+    """`condition` is none, token_budget or sub_calls; `count_tokens(text)` gives a text's token count without bos/eos."""
     prefix = ""
     if condition == "token_budget":
-        if run.sub_calls:
-            raise UserError("data.condition=token_budget is defined for SoS+ traces only; use sub_calls for APR")
         prefix = render.token_budget_prefix(round_up(count_tokens(run.main_calls[0]) + 2, bin_size, cap))
     elif condition == "sub_calls":
         prefix = render.sub_call_budget_prefix(run.num_children)
     elif condition != "none":
-        raise UserError(f"data.condition must be none, token_budget or sub_calls, got {condition!r}")
+        raise UserError(f"unknown conditioning {condition!r}; use none, token_budget or sub_calls")
     out = [Sequence(prefix + text, problem, "main") for text in run.main_calls]
     for thread in run.threads()[1:]:
         out += [Sequence(text, problem, "child") for text in thread.main_calls]

@@ -140,7 +140,8 @@ def parse_spawn(text: str) -> Spawn | SpawnError:
     if open_at and not prefix.endswith("\n"):
         return SpawnError("bad_line", f"{CALL_OPEN} must start a line")
     entries = block.split("\n")[:-1] if block else []
-    if any(CALL_OPEN in e or CALL_CLOSE in e for e in entries):
+    # A parent's earlier spawn blocks are replaced by join blocks, so no marker may stand before this one.
+    if any(CALL_OPEN in e or CALL_CLOSE in e for e in entries) or CALL_OPEN in prefix or CALL_CLOSE in prefix:
         return SpawnError("duplicated_marker", "a spawn marker appears inside the spawn block")
     if not entries:
         return SpawnError("empty", "the spawn block names no sub searches")
