@@ -1,0 +1,39 @@
+# The two fresh-machine commands (README): `make demo` and `make test`.
+# CPU machines get the local CPU wheel of torch through constraints/cpu.txt; GPU clusters install
+# with `pip install -e .[sglang]` and their own CUDA torch instead.
+
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+export OMP_NUM_THREADS ?= 1
+export DS_ACCELERATOR ?= cpu
+export PYTHONWARNINGS ?= ignore::FutureWarning
+
+.PHONY: install demo test test-fast ops clean
+
+$(STAMP): pyproject.toml constraints/cpu.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	# torch first, from the CPU constraint, so no dependency can pull a CUDA build.
+	$(BIN)/pip install --quiet -c constraints/cpu.txt torch
+	DS_BUILD_OPS=0 $(BIN)/pip install --quiet -c constraints/cpu.txt -e '.[test,mpich]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+# DeepSpeed JIT-builds its CPU communication op on first use (~40 s); build it once, cached in ~/.cache/torch_extensions.
+ops: install
+	$(BIN)/python -c "from deepspeed.accelerator import get_accelerator as g; g().create_op_builder('ShareMemCommBuilder').load()" >/dev/null
+
+demo: install
+	$(BIN)/apr-ds data --preset tiny
+
+test: install ops
+	$(BIN)/python -m pytest -q
+
+test-fast: install
+	$(BIN)/python -m pytest -q -m "not slow"
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache .hypothesis
