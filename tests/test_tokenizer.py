@@ -41,3 +41,24 @@ def test_saved_directory_loads_with_autotokenizer(tmp_path):
     assert encode(loaded, text) == encode(build_tokenizer(), text)
     assert loaded.decode(encode(loaded, text)) == text
     assert len(tokenizer_sha256(tmp_path)) == 64
+
+
+def test_a_local_tokenizer_can_replace_the_domain_one(tmp_path):
+    """`data.tokenizer=DIR` copies a tokenizer from disk (here a digit-per-token WordLevel one, as Llama-2 splits digits)."""
+    import pytest
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    from apr_ds.data.tokenizer import install_tokenizer
+    from apr_ds.errors import UserError
+    chars = ["<unk>", "<s>", "</s>"] + sorted(set("0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ #:[],'<>=+-*/.\n"))
+    raw = Tokenizer(models.WordLevel({c: i for i, c in enumerate(chars)}, unk_token="<unk>"))
+    raw.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
+    raw.decoder = decoders.Fuse()
+    src = tmp_path / "src"
+    PreTrainedTokenizerFast(tokenizer_object=raw, bos_token="<s>", eos_token="</s>", unk_token="<unk>").save_pretrained(str(src))
+    tok = install_tokenizer(tmp_path / "run", str(src))
+    assert tok.pad_token_id is not None and len(encode(tok, "123")) == 3
+    assert (tmp_path / "run" / "tokenizer.json").is_file()
+    with pytest.raises(UserError, match="no tokenizer at"):
+        install_tokenizer(tmp_path / "other", str(tmp_path / "missing"))

@@ -76,7 +76,7 @@ def build(cfg) -> dict:
 
     from apr_ds.config import save_config
     from apr_ds.data.sequences import run_to_json, run_to_sequences
-    from apr_ds.data.tokenizer import encode, save_tokenizer, tokenizer_sha256
+    from apr_ds.data.tokenizer import encode, install_tokenizer, tokenizer_sha256
     from apr_ds.errors import UserError
     from apr_ds.tasks import get_task
 
@@ -88,7 +88,7 @@ def build(cfg) -> dict:
         raise UserError(f"data.workers must be >= 1, got {cfg.data.workers}")
     out = Path(cfg.run_dir) / "data"
     save_config(cfg, out)
-    tokenizer = save_tokenizer(out / "tokenizer")
+    tokenizer = install_tokenizer(out / "tokenizer", cfg.data.tokenizer)
 
     total = sum([cfg.task.num_train, cfg.task.num_val, cfg.task.num_test, cfg.task.num_test_unseen_targets])
     with tqdm(total=total, desc="problems", unit="pb", dynamic_ncols=True) as bar:

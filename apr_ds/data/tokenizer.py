@@ -13,8 +13,8 @@ on encode: prompts carry `<s>` explicitly (as ids, or as the literal text `<s>`)
 reference's double-BOS pitfall. A newline is always its own token and phrases never contain one, so a
 prompt's tokens are a prefix of the tokens of any text that continues it on a new line.
 
-To train with Llama-2's tokenizer instead, point `data.tokenizer` at a local directory holding its
-`tokenizer.json` (nothing is downloaded at run time); digits are then split one per token.
+To train with Llama-2's tokenizer instead, set `data.tokenizer=/path/to/llama-2-tokenizer` (a local
+directory with its `tokenizer.json`; nothing is downloaded at run time); digits are then one per token.
 """
 
 from __future__ import annotations
@@ -72,6 +72,20 @@ def build_tokenizer():
 
 def save_tokenizer(directory: str | Path):
     tokenizer = build_tokenizer()
+    tokenizer.save_pretrained(str(directory))
+    return tokenizer
+
+
+def install_tokenizer(directory: str | Path, source: str = ""):
+    """Write the run's tokenizer directory: the domain tokenizer, or a copy of a local one (`data.tokenizer`)."""
+    if not source:
+        return save_tokenizer(directory)
+    from apr_ds.errors import UserError
+    tokenizer = load_tokenizer(source)
+    if tokenizer.bos_token_id is None or tokenizer.eos_token_id is None:
+        raise UserError(f"tokenizer {source!r} has no bos or eos token; apr-ds sequences need both")
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.unk_token or tokenizer.eos_token  # Llama-2 ships without a pad token
     tokenizer.save_pretrained(str(directory))
     return tokenizer
 
