@@ -89,6 +89,9 @@ class DataConfig:
     """Keep traces whose search found no solution (they teach the model to give up and backtrack)."""
     token_budget_bin: int = 512
     """`Token Budget: B` rounds the SoS+ trace length up to a multiple of this."""
+    tokenizer: str = ""
+    """Empty: build the domain tokenizer. Else a local Hugging Face tokenizer directory to use instead
+    (e.g. Llama-2's, already on disk; nothing is downloaded). It needs bos and eos tokens."""
     sosp_token_budget: bool = False
     """Prefix SoS+ sequences with `Token Budget: B ` (length conditioning, apr-reference §3)."""
     apr_sub_call_budget: bool = False
