@@ -157,6 +157,35 @@ class SFTConfig:
 
 
 @dataclass
+class EngineConfig:
+    """Our CPU inference server (`apr-ds serve`): batching, KV cache and request limits."""
+
+    max_running_requests: int = 128
+    """Requests decoded together in one forward pass at most; the rest wait."""
+    max_batch_tokens: int = 4096
+    """Prompt tokens prefilled in one step at most (a longer single prompt still runs alone)."""
+    kv_cache_tokens: int = 32768
+    """KV cache capacity in tokens, shared by running requests and the prefix cache."""
+    prefix_cache: bool = True
+    """Reuse KV of the longest cached token prefix (radix tree, LRU eviction). Off = recompute every prompt."""
+    default_max_new_tokens: int = 128
+    """`max_new_tokens` when a request does not give one (SGLang's default)."""
+    max_new_tokens_limit: int = 1_048_576
+    """Requests asking for more new tokens than this are rejected as absurd (HTTP 400); smaller values are
+    clamped to the context limit and finish with reason `length`."""
+    max_model_len: int = 0
+    """Context limit (prompt + generation) in tokens; 0 = the model's max_position_embeddings."""
+    dtype: str = "float32"
+    """Weights and KV dtype: float32, bfloat16, or auto (the checkpoint's). bf16 is slow on AVX2-only CPUs."""
+    num_threads: int = 0
+    """torch intra-op threads for the forward pass; 0 = torch's default."""
+    seed: int = 0
+    """Seed of the sampling generator."""
+    weight_sync_timeout_s: float = 300.0
+    """Timeout of the weight-update group's rendezvous and broadcasts."""
+
+
+@dataclass
 class Config:
     """One run. Sections group the settings of each stage."""
 
@@ -167,6 +196,7 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     sft: SFTConfig = field(default_factory=SFTConfig)
+    engine: EngineConfig = field(default_factory=EngineConfig)
 
 
 # ---------------------------------------------------------------------------- loading

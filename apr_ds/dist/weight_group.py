@@ -1,0 +1,107 @@
+"""The weight-update process group, built the way SGLang's `/init_weights_update_group` builds it.
+
+Learner rank 0 is rank 0 of this group; each inference-server rank joins at `rank_offset + tp_rank`.
+The group lives outside any default group: a TCPStore (hosted by rank 0) wrapped in a
+PrefixStore(group_name), handed to torch's `_new_process_group_helper`. A plain
+`init_process_group` would use a different key layout and never rendezvous with SGLang.
+Both sides must call `init_weight_group` at the same time (each blocks until all ranks joined).
+
+Tensors travel in a fixed order: the sender broadcasts a bucket's tensors in list order and every
+receiver allocates and receives them in the same order, from the (names, dtypes, shapes) lists that
+`/update_weights_from_distributed` carries.
+
+    group = init_weight_group("127.0.0.1", 29600, rank=0, world_size=2)   # learner side
+    broadcast_tensors(group, [t for _, t in bucket])
+    destroy_weight_group(group)
+
+gloo on CPU, nccl on GPU (tensors must then live on the current CUDA device).
+"""
+
+from __future__ import annotations
+
+import datetime
+
+import torch
+import torch.distributed as dist
+
+DEFAULT_GROUP_NAME = "weight_update_group"
+DEFAULT_TIMEOUT_S = 300.0
+
+
+def default_backend() -> str:
+    return "nccl" if torch.cuda.is_available() else "gloo"
+
+
+def init_weight_group(master_address: str, master_port: int, rank: int, world_size: int,
+                      group_name: str = DEFAULT_GROUP_NAME, backend: str | None = None,
+                      timeout_s: float = DEFAULT_TIMEOUT_S) -> dist.ProcessGroup:
+    """Join (rank 0: create) the group. Blocks until all `world_size` ranks have joined."""
+    from torch.distributed.distributed_c10d import Backend, PrefixStore, _new_process_group_helper, _world, rendezvous
+
+    if not 0 <= rank < world_size:
+        raise ValueError(f"rank {rank} is outside a weight group of world_size {world_size}")
+    timeout = datetime.timedelta(seconds=timeout_s)
+    # rank 0 hosts the TCPStore; the others connect to it.
+    store, rank, world_size = next(rendezvous(f"tcp://{master_address}:{master_port}", rank, world_size, timeout=timeout))
+    store.set_timeout(timeout)
+    store = PrefixStore(group_name, store)  # keeps our keys apart from any other user of the store
+    group, _ = _new_process_group_helper(world_size, rank, [], Backend(backend or default_backend()), store,
+                                         group_name=group_name, timeout=timeout)
+    # Register the identity rank map so torch.distributed.broadcast(..., group=group) can translate src.
+    _world.pg_group_ranks[group] = {i: i for i in range(world_size)}
+    return group
+
+
+def destroy_weight_group(group: dist.ProcessGroup) -> None:
+    dist.destroy_process_group(group)
+
+
+def broadcast_tensors(group: dist.ProcessGroup, tensors: list[torch.Tensor], src: int = 0) -> None:
+    """Sender side: broadcast each tensor in list order."""
+    for tensor in tensors:
+        dist.broadcast(tensor.detach().contiguous(), src=src, group=group)
+
+
+def receive_tensors(group: dist.ProcessGroup, dtypes: list[torch.dtype], shapes: list[list[int]],
+                    src: int = 0, device: str | torch.device = "cpu") -> list[torch.Tensor]:
+    """Receiver side: allocate and receive one tensor per (dtype, shape), in list order."""
+    received = []
+    for dtype, shape in zip(dtypes, shapes, strict=True):
+        tensor = torch.empty(shape, dtype=dtype, device=device)
+        dist.broadcast(tensor, src=src, group=group)
+        received.append(tensor)
+    return received
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    """torch.bfloat16 -> "bfloat16", the spelling SGLang's `dtypes` lists use."""
+    return str(dtype).removeprefix("torch.")
+
+
+def parse_dtype(name: str) -> torch.dtype:
+    dtype = getattr(torch, str(name).removeprefix("torch."), None)
+    if not isinstance(dtype, torch.dtype):
+        raise ValueError(f"unknown dtype {name!r} (expected e.g. 'float32' or 'bfloat16')")
+    return dtype
+
+
+def bucket_metadata(named_tensors: list[tuple[str, torch.Tensor]]) -> dict:
+    """The (names, dtypes, shapes) lists `/update_weights_from_distributed` takes for one bucket."""
+    return {"names": [name for name, _ in named_tensors],
+            "dtypes": [dtype_name(t.dtype) for _, t in named_tensors],
+            "shapes": [list(t.shape) for _, t in named_tensors]}
+
+
+def plan_buckets(named_tensors: list[tuple[str, torch.Tensor]], bucket_bytes: int) -> list[list[tuple[str, torch.Tensor]]]:
+    """Split tensors, in order, into buckets of at most `bucket_bytes` (a bigger tensor gets a bucket alone)."""
+    buckets, current, size = [], [], 0
+    for name, tensor in named_tensors:
+        nbytes = tensor.numel() * tensor.element_size()
+        if current and size + nbytes > bucket_bytes:
+            buckets.append(current)
+            current, size = [], 0
+        current.append((name, tensor))
+        size += nbytes
+    if current:
+        buckets.append(current)
+    return buckets
