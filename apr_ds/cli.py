@@ -1,6 +1,8 @@
 """`apr-ds <command>`: one entry point per stage. Each command parses its config, runs, and always cleans up.
 
     apr-ds data  --preset tiny [key=value ...]     problems -> solver traces -> SFT sequences + tokenizer
+    apr-ds sft   --preset tiny [key=value ...]     SFT with DeepSpeed ZeRO-3 (launchers: apr_ds/learner/sft.py)
+    apr-ds export CKPT OUT                         a checkpoint -> a Hugging Face model directory
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ from apr_ds.errors import UserError
 # command -> (module, help). Each module has `add_arguments(parser)` and `main(args) -> int`.
 COMMANDS = {
     "data": ("apr_ds.data.build", "build problems, solver traces, SFT sequences and the tokenizer"),
+    "sft": ("apr_ds.learner.sft", "supervised fine-tuning on the traces (DeepSpeed ZeRO-3; run under a launcher for many ranks)"),
+    "export": ("apr_ds.learner.export", "write a Hugging Face model directory from an SFT/RL checkpoint"),
 }
 
 

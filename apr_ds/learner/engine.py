@@ -1,0 +1,190 @@
+"""The DeepSpeed engine: the ds_configs/ file + the YAML's `sft` section -> an initialised ZeRO-3 engine.
+
+The same engine serves SFT now and RL later. Order of use:
+
+    ds_config = load_ds_config(cfg.sft, world_size_from_env())   # checks only: fails before any process group exists
+    init_distributed()                                            # gloo on CPU, NCCL on GPU
+    engine = build_engine(model, cfg.sft, ds_config)              # AdamW + warmup-cosine schedule, ZeRO-3 partitioned
+
+DeepSpeed config files (ds_configs/*.json) leave the values the YAML owns as "auto": batch sizes,
+accumulation and gradient clipping are filled in from `sft.*`; a number written there instead must
+agree with the YAML, and so must `bf16.enabled` with `sft.precision`. The optimizer and its schedule
+always come from the YAML, so a ds config may not define them.
+
+Nothing here touches CUDA at import time: torch and deepspeed are imported inside the functions,
+and without a GPU `DS_ACCELERATOR=cpu` is set before deepspeed is imported.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import socket
+from pathlib import Path
+
+from apr_ds.errors import UserError
+
+DS_CONFIG_DIR = Path(__file__).resolve().parents[2] / "ds_configs"
+_WORLD_SIZE_ENV = ("WORLD_SIZE", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE")
+_LAUNCHER_ENV = ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "LOCAL_RANK")
+
+
+# ---------------------------------------------------------------------------- the DeepSpeed config
+
+
+def resolve_ds_config(name: str) -> Path:
+    """A path as given, else a file name in ds_configs/."""
+    for path in (Path(name), DS_CONFIG_DIR / name):
+        if path.is_file():
+            return path
+    choices = ", ".join(sorted(p.name for p in DS_CONFIG_DIR.glob("*.json")))
+    raise UserError(f"DeepSpeed config {name!r} (sft.ds_config) not found as a path or in {DS_CONFIG_DIR}; choose one of {choices}")
+
+
+def load_ds_config(sft, world_size: int) -> dict:
+    """Read the ds config named by `sft.ds_config`, fill its "auto" values from the YAML, and check the rest agree."""
+    path = resolve_ds_config(sft.ds_config)
+    try:
+        ds = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise UserError(f"DeepSpeed config {path} is not valid JSON: {e}") from None
+
+    if sft.precision not in ("fp32", "bf16"):
+        raise UserError(f"sft.precision must be fp32 or bf16, got {sft.precision!r}")
+    if sft.global_batch % (sft.micro_batch * world_size):
+        raise UserError(f"world size {world_size} does not divide the batch: sft.global_batch={sft.global_batch} is not a "
+                        f"multiple of sft.micro_batch={sft.micro_batch} x {world_size} ranks; change the batch, the micro-batch "
+                        f"or the number of ranks")
+    accumulation = sft.global_batch // (sft.micro_batch * world_size)
+    wanted = {
+        "train_batch_size": (sft.global_batch, "sft.global_batch"),
+        "train_micro_batch_size_per_gpu": (sft.micro_batch, "sft.micro_batch"),
+        "gradient_accumulation_steps": (accumulation, f"sft.global_batch / (sft.micro_batch x {world_size} ranks)"),
+        "gradient_clipping": (sft.grad_clip, "sft.grad_clip"),
+    }
+    for key, (value, source) in wanted.items():
+        given = ds.get(key, "auto")
+        if given != "auto" and not math.isclose(float(given), float(value)):
+            raise UserError(f"DeepSpeed config {path.name} sets {key}={given} but the YAML gives {value} ({source}); "
+                            f"set it to \"auto\" in the ds config or make the two agree")
+        ds[key] = value
+
+    for section in ("optimizer", "scheduler"):
+        if section in ds:
+            raise UserError(f"DeepSpeed config {path.name} defines {section!r}, but the optimizer and its schedule come from "
+                            f"the YAML (sft.lr, sft.weight_decay, ...); remove the {section!r} section")
+    if ds.get("fp16", {}).get("enabled") is True:
+        raise UserError(f"DeepSpeed config {path.name} enables fp16; apr-ds trains in fp32 or bf16 (sft.precision)")
+    bf16 = ds.setdefault("bf16", {}).get("enabled", "auto")
+    if bf16 == "auto":
+        ds["bf16"]["enabled"] = sft.precision == "bf16"
+    elif bool(bf16) != (sft.precision == "bf16"):
+        raise UserError(f"DeepSpeed config {path.name} has bf16.enabled={str(bf16).lower()} but sft.precision={sft.precision}; "
+                        f"use a ds config matching the precision (zero3_cpu.json is fp32, zero3.json is bf16) or change sft.precision")
+    return ds
+
+
+def offloads_optimizer(ds_config: dict) -> bool:
+    return ds_config.get("zero_optimization", {}).get("offload_optimizer", {}).get("device", "none") in ("cpu", "nvme")
+
+
+# ---------------------------------------------------------------------------- processes
+
+
+def world_size_from_env() -> int:
+    """The world size the launcher promises (torchrun/deepspeed: WORLD_SIZE; mpirun: PMI_SIZE or OMPI_COMM_WORLD_SIZE)."""
+    for name in _WORLD_SIZE_ENV:
+        if name in os.environ:
+            return int(os.environ[name])
+    return 1
+
+
+def use_cpu_accelerator_if_no_gpu() -> None:
+    import torch
+    if not torch.cuda.is_available():
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("", 0))
+        return s.getsockname()[1]
+
+
+def init_distributed() -> None:
+    """Join the process group: NCCL on GPUs, gloo on CPU.
+
+    Under torchrun or the deepspeed launcher the environment is complete. Under mpirun/srun DeepSpeed's
+    MPI discovery fills it in; we only choose the port (rank 0 picks a free one) so that two jobs on one
+    machine never collide on a fixed default. Without any launcher this is a world of one.
+    """
+    use_cpu_accelerator_if_no_gpu()
+    import deepspeed
+    from deepspeed.accelerator import get_accelerator
+
+    backend = "nccl" if get_accelerator().device_name() == "cuda" else "gloo"
+    if all(name in os.environ for name in _LAUNCHER_ENV):
+        deepspeed.init_distributed(dist_backend=backend)
+    elif world_size_from_env() > 1:  # an MPI world
+        from mpi4py import MPI
+        port = MPI.COMM_WORLD.bcast(_free_port() if MPI.COMM_WORLD.Get_rank() == 0 else None, root=0)
+        deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=True, distributed_port=port, verbose=False)
+    else:
+        for name, value in (("RANK", "0"), ("LOCAL_RANK", "0"), ("WORLD_SIZE", "1"), ("MASTER_ADDR", "127.0.0.1")):
+            os.environ.setdefault(name, value)
+        os.environ.setdefault("MASTER_PORT", str(_free_port()))
+        deepspeed.init_distributed(dist_backend=backend)
+    if backend == "nccl":
+        get_accelerator().set_device(int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def close_distributed() -> None:
+    import torch.distributed as dist
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+# ---------------------------------------------------------------------------- optimizer, schedule, engine
+
+
+def lr_at(step: int, sft) -> float:
+    """Learning rate of optimizer step `step` (0-based): linear warmup from `warmup_start_lr` to `lr`,
+    then cosine decay to `min_lr` at `steps` (optax.warmup_cosine_decay_schedule, as the paper used)."""
+    if step < sft.warmup_steps:
+        return sft.warmup_start_lr + (sft.lr - sft.warmup_start_lr) * step / sft.warmup_steps
+    decay_steps = max(1, sft.steps - sft.warmup_steps)
+    progress = min(1.0, (step - sft.warmup_steps) / decay_steps)
+    return sft.min_lr + 0.5 * (sft.lr - sft.min_lr) * (1 + math.cos(math.pi * progress))
+
+
+def param_groups(model, weight_decay: float) -> list[dict]:
+    """Decay matrices (embeddings, projections); leave 1-D RMSNorm gains alone, as nanoGPT and most Llama recipes do."""
+    decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def build_optimizer(model, sft, ds_config: dict):
+    """torch AdamW (nothing to compile); DeepSpeedCPUAdam when ZeRO offloads the optimizer to CPU (its JIT op builds once)."""
+    import torch
+    groups = param_groups(model, sft.weight_decay)
+    betas = (sft.beta1, sft.beta2)
+    if offloads_optimizer(ds_config):
+        from deepspeed.ops.adam import DeepSpeedCPUAdam
+        return DeepSpeedCPUAdam(groups, lr=sft.lr, betas=betas, adamw_mode=True)
+    return torch.optim.AdamW(groups, lr=sft.lr, betas=betas)
+
+
+def build_engine(model, sft, ds_config: dict):
+    """deepspeed.initialize with our optimizer and LambdaLR schedule; partitions the model (ZeRO-3)."""
+    import deepspeed
+    import torch
+
+    optimizer = build_optimizer(model, sft, ds_config)
+
+    def schedule(opt):  # called by DeepSpeed with the optimizer it will step; multiplier of the peak lr
+        return torch.optim.lr_scheduler.LambdaLR(opt, lambda step: lr_at(step, sft) / sft.lr)
+
+    engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=schedule, config=ds_config)
+    return engine

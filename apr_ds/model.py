@@ -1,0 +1,118 @@
+"""Llama presets by name, model building, and Hugging Face save/load.
+
+A model is a plain transformers `LlamaForCausalLM`, so a saved directory (config.json,
+model.safetensors, tokenizer files) loads with `AutoModelForCausalLM.from_pretrained` and can be
+served by SGLang as it is.
+
+    from apr_ds.model import llama_config, build_model
+    config = llama_config("tiny", vocab_size=len(tokenizer))
+    model = build_model(config, seed=0)
+
+Presets (apr-reference §3, cpu-scale-probe §5):
+    tiny   hidden 128, 4 layers, 4 heads, SwiGLU 344, context 512: ~0.8M non-embedding parameters
+    cpu    hidden 192, 4 layers, 4 heads, SwiGLU 512, context 768: ~1.8M non-embedding parameters
+    paper  hidden 1024, 18 layers, 16 heads, SwiGLU 2752, context 4096: 227.7M non-embedding parameters
+All use RMSNorm eps 1e-6, RoPE theta 1e4, untied input/output embeddings and init std 0.02.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from apr_ds.errors import UserError
+
+if TYPE_CHECKING:  # torch and transformers load only where a model is really built
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+# Only the shape differs between presets; everything else is the paper's Llama-2-style recipe (SHARED).
+PRESETS: dict[str, dict] = {
+    "tiny": dict(hidden_size=128, num_hidden_layers=4, num_attention_heads=4, intermediate_size=344, max_position_embeddings=512),
+    "cpu": dict(hidden_size=192, num_hidden_layers=4, num_attention_heads=4, intermediate_size=512, max_position_embeddings=768),
+    "paper": dict(hidden_size=1024, num_hidden_layers=18, num_attention_heads=16, intermediate_size=2752, max_position_embeddings=4096),
+}
+
+SHARED = dict(
+    hidden_act="silu",            # SwiGLU MLP
+    rms_norm_eps=1e-6,
+    rope_parameters={"rope_type": "default", "rope_theta": 10_000.0},
+    tie_word_embeddings=False,
+    initializer_range=0.02,
+    attention_bias=False,
+    mlp_bias=False,
+    attention_dropout=0.0,
+)
+
+# The data's special tokens (apr_ds.data.tokenizer): pad 0, bos 1, eos 2.
+PAD_ID, BOS_ID, EOS_ID = 0, 1, 2
+
+
+def llama_config(preset: str, vocab_size: int, context: int | None = None) -> "LlamaConfig":
+    """The LlamaConfig of a named preset; `context` overrides its maximum sequence length."""
+    from transformers import LlamaConfig
+
+    if preset not in PRESETS:
+        raise UserError(f"unknown model preset {preset!r} (model.preset); choose one of {', '.join(PRESETS)}")
+    shape = dict(PRESETS[preset])
+    if context is not None:
+        shape["max_position_embeddings"] = context
+    heads = shape["num_attention_heads"]
+    return LlamaConfig(
+        vocab_size=vocab_size, num_key_value_heads=heads,  # multi-head attention, no GQA (paper)
+        pad_token_id=PAD_ID, bos_token_id=BOS_ID, eos_token_id=EOS_ID,
+        **shape, **SHARED,
+    )
+
+
+def build_model(config: "LlamaConfig", seed: int) -> "LlamaForCausalLM":
+    """A freshly initialised model. The seed alone fixes the weights, whatever the rank."""
+    import torch
+    from transformers import LlamaForCausalLM
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return LlamaForCausalLM(config)
+
+
+def count_parameters(config: "LlamaConfig", non_embedding: bool = True) -> int:
+    """Parameter count from the shape alone (no weights are allocated)."""
+    d, layers, ffn = config.hidden_size, config.num_hidden_layers, config.intermediate_size
+    head_dim = getattr(config, "head_dim", None) or d // config.num_attention_heads
+    attn = d * head_dim * (2 * config.num_attention_heads + 2 * config.num_key_value_heads)  # q, o, k, v
+    per_layer = attn + 3 * d * ffn + 2 * d           # attention, SwiGLU (gate, up, down), two RMSNorms
+    body = layers * per_layer + d                    # + final RMSNorm
+    if non_embedding:
+        return body
+    embeddings = config.vocab_size * d * (1 if config.tie_word_embeddings else 2)
+    return body + embeddings
+
+
+def save_hf(state_dict: dict, config: "LlamaConfig", out_dir: str | Path, tokenizer_dir: str | Path | None = None) -> Path:
+    """Write a Hugging Face model directory: config.json, model.safetensors, generation config, tokenizer.
+
+    `state_dict` holds full (gathered) tensors with HF names, as from `LlamaForCausalLM.state_dict()`.
+    """
+    import torch
+    from transformers import LlamaForCausalLM
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    with torch.device("meta"):  # no second allocation: the real tensors come from state_dict
+        model = LlamaForCausalLM(config)
+    model.load_state_dict(state_dict, strict=True, assign=True)
+    model.generation_config.pad_token_id = PAD_ID
+    model.save_pretrained(out, safe_serialization=True)
+    if tokenizer_dir is not None:
+        from transformers import AutoTokenizer
+        AutoTokenizer.from_pretrained(str(tokenizer_dir)).save_pretrained(out)
+    return out
+
+
+def load_hf(path: str | Path) -> "LlamaForCausalLM":
+    """Load a saved model directory for evaluation (fp32, eval mode)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    if not (Path(path) / "config.json").is_file():
+        raise UserError(f"{path} is not a model directory (no config.json); export one with `apr-ds export CKPT OUT`")
+    return AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32).eval()
