@@ -3,6 +3,7 @@
     apr-ds data  --preset tiny [key=value ...]     problems -> solver traces -> SFT sequences + tokenizer
     apr-ds sft   --preset tiny [key=value ...]     SFT with DeepSpeed ZeRO-3 (launchers: apr_ds/learner/sft.py)
     apr-ds export CKPT OUT                         a checkpoint -> a Hugging Face model directory
+    apr-ds serve --model DIR [--port P] [key=value ...]   a Llama checkpoint behind SGLang's HTTP API (CPU)
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ COMMANDS = {
     "data": ("apr_ds.data.build", "build problems, solver traces, SFT sequences and the tokenizer"),
     "sft": ("apr_ds.learner.sft", "supervised fine-tuning on the traces (DeepSpeed ZeRO-3; run under a launcher for many ranks)"),
     "export": ("apr_ds.learner.export", "write a Hugging Face model directory from an SFT/RL checkpoint"),
+    "serve": ("apr_ds.engine.server", "serve a Hugging Face Llama checkpoint over SGLang's HTTP protocol (CPU)"),
 }
 
 
