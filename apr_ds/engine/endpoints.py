@@ -1,0 +1,232 @@
+"""One handler per SGLang endpoint (rl-systems.md §2), over an `Engine`.
+
+Handlers parse and validate on the event loop and hand all engine work to the engine thread
+(`Engine.submit` / `Engine.call`), so HTTP stays responsive during forward passes. Bad input raises
+`BadRequest` (HTTP 400 with the reason); the other requests are unaffected.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+
+from aiohttp import web
+
+from apr_ds.engine import protocol
+from apr_ds.engine.protocol import BadRequest, check_fields
+
+log = logging.getLogger("apr_ds.serve")
+DEFAULT_GROUP = "weight_update_group"
+HEALTH_GENERATE_TIMEOUT_S = 30.0
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler):
+    try:
+        return await handler(request)
+    except BadRequest as e:
+        return web.json_response({"error": {"message": str(e)}}, status=400)
+    except web.HTTPException:
+        raise
+    except Exception as e:  # a bug must not take the server down; the other requests go on
+        log.exception("%s %s failed", request.method, request.path)
+        return web.json_response({"error": {"message": f"internal error: {e}"}}, status=500)
+
+
+async def read_body(request: web.Request, known: set[str], neutral: dict | None = None) -> dict:
+    """The JSON object body (query parameters for GET); unknown fields are a 400."""
+    if request.method == "GET" or not request.can_read_body:
+        body = dict(request.query)
+    else:
+        try:
+            body = json.loads(await request.read())
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise BadRequest(f"malformed JSON: {e}") from None
+    if not isinstance(body, dict):
+        raise BadRequest("the request body must be a JSON object")
+    check_fields(body, known, neutral, request.path.lstrip("/"))
+    return body
+
+
+class Handlers:
+    def __init__(self, engine):
+        self.engine = engine
+        self.scheduler = engine.scheduler
+        config = engine.config
+        self.limits = protocol.Limits(engine.vocab_size, engine.max_model_len, config.default_max_new_tokens,
+                                      config.max_new_tokens_limit)
+
+    async def on_engine(self, fn, *args):
+        """Run `fn` on the engine thread, between two forward passes."""
+        return await asyncio.wrap_future(self.engine.call(fn, *args))
+
+    # ------------------------------------------------------------------ generation
+
+    async def generate(self, request: web.Request) -> web.Response:
+        try:
+            body = json.loads(await request.read())
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise BadRequest(f"malformed JSON: {e}") from None
+        req = protocol.parse_generate(body, self.limits, self.engine.tokenizer)
+        seqs = await self.run(req)
+        outputs = [protocol.response(seq, self.engine.detokenizer, req.return_text_in_logprobs) for seq in seqs]
+        return web.json_response(outputs if req.is_batch else outputs[0])
+
+    async def run(self, req: protocol.GenerateRequest) -> list:
+        loop = asyncio.get_running_loop()
+        futures, seqs = [], []
+        for item in req.items:
+            future = loop.create_future()
+            done = lambda seq, f=future: loop.call_soon_threadsafe(_resolve, f, seq)  # noqa: E731
+            seq = self.engine.new_sequence(item.prompt_ids, item.params, req.return_logprob, item.rid, done)
+            futures.append(future)
+            seqs.append(seq)
+            self.engine.submit(seq)
+        try:
+            return await asyncio.gather(*futures)
+        except asyncio.CancelledError:  # the client went away: free the engine from its requests
+            self.engine.call(lambda: [self.scheduler.abort(s, "client disconnected") for s in seqs])
+            raise
+
+    async def health(self, request: web.Request) -> web.Response:
+        return web.Response(text="")
+
+    async def health_generate(self, request: web.Request) -> web.Response:
+        if self.scheduler.paused:  # alive, deliberately not generating (e.g. during a weight update)
+            return web.json_response({"status": "paused"})
+        params = protocol.parse_sampling_params({"max_new_tokens": 1, "temperature": 0}, self.limits)
+        req = protocol.GenerateRequest([protocol.GenerateItem([0], params, None)], False, False, False)
+        try:
+            await asyncio.wait_for(self.run(req), HEALTH_GENERATE_TIMEOUT_S)
+        except asyncio.TimeoutError:
+            return web.json_response({"status": "generation timed out"}, status=503)
+        return web.json_response({"status": "ok"})
+
+    async def get_model_info(self, request: web.Request) -> web.Response:
+        engine = self.engine
+        return web.json_response({
+            "model_path": engine.model_dir, "tokenizer_path": engine.model_dir if engine.tokenizer else None,
+            "is_generation": True, "weight_version": self.scheduler.weight_version,
+            "max_context_length": engine.max_model_len, "vocab_size": engine.vocab_size,
+            "eos_token_ids": sorted(self.scheduler.eos_token_ids), "architectures": ["LlamaForCausalLM"],
+        })
+
+    # ------------------------------------------------------------------ scheduling control
+
+    async def flush_cache(self, request: web.Request) -> web.Response:
+        await read_body(request, {"timeout"})
+        if await self.on_engine(self.scheduler.flush_cache):
+            return web.json_response({"success": True, "message": "Cache flushed."})
+        return web.json_response({"success": False, "message": "Cache not flushed: requests are running."}, status=400)
+
+    async def pause_generation(self, request: web.Request) -> web.Response:
+        body = await read_body(request, {"mode"})
+        mode = body.get("mode", "abort")
+        if mode not in ("abort", "retract", "in_place"):
+            raise BadRequest(f"mode must be abort, retract or in_place, got {mode!r}")
+        await self.on_engine(self.scheduler.pause, mode)
+        return web.json_response({"success": True, "message": f"Generation paused ({mode})."})
+
+    async def continue_generation(self, request: web.Request) -> web.Response:
+        await read_body(request, {"torch_empty_cache"})
+        await self.on_engine(self.scheduler.resume)
+        return web.json_response({"success": True, "message": "Generation continued."})
+
+    async def abort_request(self, request: web.Request) -> web.Response:
+        body = await read_body(request, {"rid", "abort_all", "finished_reason", "abort_message"})
+        rid, abort_all = body.get("rid", ""), bool(body.get("abort_all", False))
+
+        def abort() -> int:
+            victims = [s for s in list(self.scheduler.waiting) + self.scheduler.running if abort_all or s.rid == rid]
+            for seq in victims:
+                self.scheduler.abort(seq, body.get("abort_message") or "Aborted by /abort_request")
+            return len(victims)
+        return web.json_response({"success": True, "num_aborted": await self.on_engine(abort)})
+
+    # ------------------------------------------------------------------ weights
+
+    async def init_weights_update_group(self, request: web.Request) -> web.Response:
+        body = await read_body(request, {"master_address", "master_port", "rank_offset", "world_size", "group_name",
+                                         "backend"})
+        backend = body.get("backend", "nccl")
+        if backend not in ("gloo", "nccl"):
+            raise BadRequest(f"backend must be gloo or nccl, got {backend!r}")
+        if backend == "nccl" and not _cuda_available():
+            raise BadRequest("backend nccl needs GPUs; this CPU server joins weight groups with backend gloo")
+        try:
+            args = (str(body["master_address"]), int(body["master_port"]), int(body["rank_offset"]),
+                    int(body["world_size"]), str(body.get("group_name", DEFAULT_GROUP)), backend)
+        except (KeyError, TypeError, ValueError) as e:
+            raise BadRequest(f"init_weights_update_group needs master_address, master_port, rank_offset, world_size: {e}")
+        return await self.weight_call(self.engine.weights.init_group, *args)
+
+    async def update_weights_from_distributed(self, request: web.Request) -> web.Response:
+        from apr_ds.dist.weight_group import parse_dtype
+        body = await read_body(request, {"names", "dtypes", "shapes", "group_name", "flush_cache", "abort_all_requests",
+                                         "weight_version", "torch_empty_cache"},
+                               {"load_format": (None,), "selector": (None, "target", "all")})
+        names, dtypes, shapes = body.get("names"), body.get("dtypes"), body.get("shapes")
+        if not (isinstance(names, list) and isinstance(dtypes, list) and isinstance(shapes, list)
+                and len(names) == len(dtypes) == len(shapes) and names):
+            raise BadRequest("names, dtypes and shapes must be non-empty lists of the same length")
+        try:
+            dtypes = [parse_dtype(d) for d in dtypes]
+        except ValueError as e:
+            raise BadRequest(str(e)) from None
+        if not all(isinstance(s, list) and all(type(d) is int and d >= 0 for d in s) for s in shapes):
+            raise BadRequest("shapes must be lists of non-negative integers")
+        version = body.get("weight_version")
+        group = str(body.get("group_name", DEFAULT_GROUP))
+
+        def update():
+            if body.get("abort_all_requests"):
+                self.scheduler.abort_all("Abort by update_weights_from_distributed")
+            return self.engine.weights.update_from_distributed(names, dtypes, shapes, group, version)
+        return await self.weight_call(update)
+
+    async def update_weights_from_disk(self, request: web.Request) -> web.Response:
+        body = await read_body(request, {"model_path", "weight_version", "abort_all_requests", "flush_cache",
+                                         "torch_empty_cache"}, {"load_format": (None,)})
+        if not isinstance(body.get("model_path"), str):
+            raise BadRequest("model_path (a checkpoint directory) is required")
+
+        def update():
+            if body.get("abort_all_requests"):
+                self.scheduler.abort_all("Abort by update_weights_from_disk")
+            return self.engine.weights.update_from_disk(body["model_path"], body.get("weight_version"))
+        return await self.weight_call(update)
+
+    async def destroy_weights_update_group(self, request: web.Request) -> web.Response:
+        body = await read_body(request, {"group_name"})
+        return await self.weight_call(self.engine.weights.destroy_group, str(body.get("group_name", DEFAULT_GROUP)))
+
+    async def get_weights_by_name(self, request: web.Request) -> web.Response:
+        body = await read_body(request, {"name", "truncate_size"})
+        try:
+            truncate_size = int(body.get("truncate_size", 100))
+        except (TypeError, ValueError):
+            raise BadRequest("truncate_size must be an integer") from None
+        values = await self.on_engine(self.engine.weights.get_weights, str(body.get("name")), truncate_size)
+        if values is None:
+            raise BadRequest(f"no parameter named {body.get('name')!r}")
+        return web.json_response(values)
+
+    async def weight_call(self, fn, *args) -> web.Response:
+        """SGLang's weight endpoints answer {success, message} with 200 or 400."""
+        try:
+            success, message = await self.on_engine(fn, *args)
+        except Exception as e:  # e.g. a rendezvous or broadcast timeout
+            log.exception("weight operation failed")
+            success, message = False, f"{type(e).__name__}: {e}"
+        return web.json_response({"success": success, "message": message}, status=200 if success else 400)
+
+
+def _resolve(future: asyncio.Future, seq) -> None:
+    if not future.done():
+        future.set_result(seq)
+
+
+def _cuda_available() -> bool:
+    import torch
+    return torch.cuda.is_available()

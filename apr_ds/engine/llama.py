@@ -1,0 +1,224 @@
+"""Llama forward pass over a packed, ragged batch with a paged KV cache (gpt-fast / nano-vllm style).
+
+Parameter names are Hugging Face's (`model.layers.0.self_attn.q_proj.weight`, ...), so an HF
+checkpoint loads with a strict name check, and weight updates and `/get_weights_by_name` use the
+names the learner's HF model has. Numerics follow transformers' LlamaForCausalLM: RMSNorm in
+float32, RoPE tables computed the same way, SDPA attention.
+
+The tokens of all sequences in a step are packed into one [N] vector, so every linear layer runs
+once per step for the whole batch. Only attention needs per-sequence structure: queries are padded
+to [B, Qmax], each sequence's context KV is gathered from the pool into [B, Kmax], and a mask hides
+padding and future positions (see `Batch`).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from apr_ds.errors import UserError
+
+
+@dataclass
+class Batch:
+    """Tensors describing one forward step (built by runner.py)."""
+
+    input_ids: torch.Tensor   # [N] new tokens of all sequences, packed
+    positions: torch.Tensor   # [N]
+    write_slots: torch.Tensor  # [N] KV slot of each new token
+    context_slots: torch.Tensor  # [B, Kmax] KV slots of each sequence's whole context, 0-padded
+    mask: torch.Tensor        # [B, 1, Qmax, Kmax] True where a query may attend
+    query_index: torch.Tensor | None  # [N] position of each packed token in the [B*Qmax] padded layout; None if Qmax == 1
+    last_index: torch.Tensor  # [B] packed index of each sequence's last new token (its logits are sampled)
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, size: int, eps: float):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(size))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dtype = x.dtype
+        x = x.float()
+        x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * x.to(dtype)
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg):
+        super().__init__()
+        self.num_heads, self.num_kv_heads = cfg.num_attention_heads, cfg.num_key_value_heads
+        self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+        bias = bool(getattr(cfg, "attention_bias", False))
+        self.q_proj = nn.Linear(cfg.hidden_size, self.num_heads * self.head_dim, bias=bias)
+        self.k_proj = nn.Linear(cfg.hidden_size, self.num_kv_heads * self.head_dim, bias=bias)
+        self.v_proj = nn.Linear(cfg.hidden_size, self.num_kv_heads * self.head_dim, bias=bias)
+        self.o_proj = nn.Linear(self.num_heads * self.head_dim, cfg.hidden_size, bias=bias)
+
+    def forward(self, x, cos, sin, batch: Batch, k_cache: torch.Tensor, v_cache: torch.Tensor):
+        n = x.shape[0]
+        q = apply_rope(self.q_proj(x).view(n, self.num_heads, self.head_dim), cos, sin)
+        k = apply_rope(self.k_proj(x).view(n, self.num_kv_heads, self.head_dim), cos, sin)
+        v = self.v_proj(x).view(n, self.num_kv_heads, self.head_dim)
+        k_cache[batch.write_slots] = k
+        v_cache[batch.write_slots] = v
+        num_seqs, _, q_max, _ = batch.mask.shape
+        if batch.query_index is None:  # decode: one query per sequence, already in padded order
+            q_pad = q.view(num_seqs, 1, self.num_heads, self.head_dim)
+        else:
+            q_pad = q.new_zeros(num_seqs * q_max, self.num_heads, self.head_dim)
+            q_pad[batch.query_index] = q
+            q_pad = q_pad.view(num_seqs, q_max, self.num_heads, self.head_dim)
+        keys = k_cache[batch.context_slots].transpose(1, 2)    # [B, Hkv, Kmax, D]
+        values = v_cache[batch.context_slots].transpose(1, 2)
+        out = F.scaled_dot_product_attention(q_pad.transpose(1, 2), keys, values, attn_mask=batch.mask,
+                                             enable_gqa=self.num_kv_heads != self.num_heads)
+        out = out.transpose(1, 2).reshape(num_seqs * q_max, self.num_heads * self.head_dim)
+        if batch.query_index is not None:
+            out = out[batch.query_index]
+        return self.o_proj(out)
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg):
+        super().__init__()
+        bias = bool(getattr(cfg, "mlp_bias", False))
+        self.gate_proj = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=bias)
+        self.up_proj = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=bias)
+        self.down_proj = nn.Linear(cfg.intermediate_size, cfg.hidden_size, bias=bias)
+
+    def forward(self, x):
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, cfg):
+        super().__init__()
+        self.self_attn = Attention(cfg)
+        self.mlp = MLP(cfg)
+        self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+
+
+class LlamaForCausalLM(nn.Module):
+    def __init__(self, cfg):
+        super().__init__()
+        self.config = cfg
+        self.model = nn.Module()
+        self.model.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
+        self.model.layers = nn.ModuleList(DecoderLayer(cfg) for _ in range(cfg.num_hidden_layers))
+        self.model.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
+        if cfg.tie_word_embeddings:
+            self.lm_head.weight = self.model.embed_tokens.weight
+        cos, sin = rope_tables(cfg)
+        self.register_buffer("rope_cos", cos, persistent=False)
+        self.register_buffer("rope_sin", sin, persistent=False)
+
+    def forward(self, batch: Batch, k_pool: torch.Tensor, v_pool: torch.Tensor) -> torch.Tensor:
+        """Logits [B, vocab] at each sequence's last new token; writes the new tokens' KV into the pool."""
+        x = self.model.embed_tokens(batch.input_ids)
+        cos, sin = self.rope_cos[batch.positions].to(x.dtype), self.rope_sin[batch.positions].to(x.dtype)
+        for i, layer in enumerate(self.model.layers):
+            x = x + layer.self_attn(layer.input_layernorm(x), cos, sin, batch, k_pool[i], v_pool[i])
+            x = x + layer.mlp(layer.post_attention_layernorm(x))
+        x = self.model.norm(x[batch.last_index])
+        return self.lm_head(x)
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """x: [N, H, D]; cos, sin: [N, D]. HF's rotate-half convention."""
+    cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
+    half = x.shape[-1] // 2
+    rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+    return x * cos + rotated * sin
+
+
+def rope_tables(cfg) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos/sin for every position up to max_position_embeddings, computed as transformers does."""
+    params = getattr(cfg, "rope_parameters", None) or {"rope_type": "default", "rope_theta": getattr(cfg, "rope_theta", 10000.0)}
+    rope_type = params.get("rope_type", "default")
+    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+    if rope_type == "default":
+        inv_freq = 1.0 / (params["rope_theta"] ** (torch.arange(0, head_dim, 2, dtype=torch.float) / head_dim))
+        scaling = 1.0
+    elif rope_type in ("linear", "llama3", "yarn"):  # static scalings: the table does not depend on the sequence
+        from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+        inv_freq, scaling = ROPE_INIT_FUNCTIONS[rope_type](cfg)
+    else:
+        raise UserError(f"rope type {rope_type!r} is not supported by apr-ds serve (default, linear, llama3, yarn are)")
+    freqs = torch.arange(cfg.max_position_embeddings, dtype=torch.float)[:, None] * inv_freq[None, :]
+    emb = torch.cat((freqs, freqs), dim=-1)
+    return emb.cos() * scaling, emb.sin() * scaling
+
+
+# ---------------------------------------------------------------------------- checkpoints
+
+
+def read_checkpoint(model_dir: str | Path) -> dict[str, torch.Tensor]:
+    """All tensors of an HF checkpoint directory (safetensors, sharded or not, or pytorch_model.bin)."""
+    model_dir = Path(model_dir)
+    if (model_dir / "model.safetensors.index.json").is_file():
+        index = json.loads((model_dir / "model.safetensors.index.json").read_text())
+        files = sorted(set(index["weight_map"].values()))
+    elif (model_dir / "model.safetensors").is_file():
+        files = ["model.safetensors"]
+    elif (model_dir / "pytorch_model.bin").is_file():
+        return torch.load(model_dir / "pytorch_model.bin", map_location="cpu", weights_only=True)
+    else:
+        raise UserError(f"{model_dir} holds no model.safetensors, model.safetensors.index.json or pytorch_model.bin")
+    from safetensors.torch import load_file
+    state = {}
+    for name in files:
+        state.update(load_file(str(model_dir / name)))
+    return state
+
+
+def load_state(model: LlamaForCausalLM, state: dict[str, torch.Tensor], source: str) -> None:
+    """Copy a full HF state dict into `model`, refusing missing, unexpected or misshapen tensors."""
+    expected = dict(model.named_parameters())
+    state = {k: v for k, v in state.items() if not k.endswith("rotary_emb.inv_freq")}  # old checkpoints save it
+    if model.config.tie_word_embeddings:
+        state.pop("lm_head.weight", None)
+    missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
+    if missing or unexpected:
+        raise UserError(f"{source} does not match a Llama model: missing {missing[:5]}, unexpected {unexpected[:5]}")
+    for name, tensor in state.items():  # check everything first: a refused update changes nothing
+        if tuple(tensor.shape) != tuple(expected[name].shape):
+            raise UserError(f"{source}: {name} has shape {tuple(tensor.shape)}, the model expects {tuple(expected[name].shape)}")
+    with torch.no_grad():
+        for name, tensor in state.items():
+            expected[name].copy_(tensor)
+
+
+def load_model(model_dir: str | Path, dtype: str = "float32"):
+    """(model, hf_config) for a Llama checkpoint directory."""
+    from transformers import AutoConfig
+    try:
+        cfg = AutoConfig.from_pretrained(str(model_dir))
+    except (OSError, ValueError) as e:
+        raise UserError(f"cannot read a Hugging Face config from {model_dir}: {e}") from None
+    if cfg.model_type != "llama":
+        raise UserError(f"{model_dir} is a {cfg.model_type!r} model; apr-ds serve runs Llama models only")
+    if dtype == "auto":
+        torch_dtype = getattr(cfg, "dtype", None) or getattr(cfg, "torch_dtype", None) or torch.float32
+        torch_dtype = getattr(torch, torch_dtype) if isinstance(torch_dtype, str) else torch_dtype
+    elif dtype in ("float32", "bfloat16", "float16"):
+        torch_dtype = getattr(torch, dtype)
+    else:
+        raise UserError(f"engine.dtype={dtype!r}: use float32, bfloat16, float16 or auto")
+    with torch.device("meta"):
+        model = LlamaForCausalLM(cfg)
+    model = model.to_empty(device="cpu")
+    cos, sin = rope_tables(cfg)  # buffers were on meta: recompute
+    model.rope_cos, model.rope_sin = cos, sin
+    if cfg.tie_word_embeddings:  # to_empty keeps ties, but be explicit: one tensor, two names
+        model.lm_head.weight = model.model.embed_tokens.weight
+    load_state(model, read_checkpoint(model_dir), str(model_dir))
+    return model.to(torch_dtype).eval().requires_grad_(False), cfg

@@ -1,0 +1,85 @@
+"""Weight updates on the server side: join the weight group, load received buckets, reload from disk.
+
+Every method runs on the engine thread (via `Engine.call`), between forward passes, so a model is
+never half-updated while it computes. A bucket is received whole before anything is loaded, and a
+bucket with unknown names or wrong shapes is refused without touching the model: the sender's
+broadcasts are still consumed, so the group stays in step and the next bucket can follow.
+After a successful update the scheduler drops all cached KV (it was computed with other weights).
+
+    updater.init_group("127.0.0.1", 29600, rank_offset=1, world_size=2)
+    updater.update_from_distributed(names, dtypes, shapes, weight_version="3")
+"""
+
+from __future__ import annotations
+
+import torch
+
+from apr_ds.dist import weight_group
+from apr_ds.engine.llama import LlamaForCausalLM, load_state, read_checkpoint
+from apr_ds.engine.scheduler import Scheduler
+from apr_ds.errors import UserError
+
+
+class WeightUpdater:
+    def __init__(self, model: LlamaForCausalLM, scheduler: Scheduler, timeout_s: float):
+        self.model = model
+        self.scheduler = scheduler
+        self.timeout_s = timeout_s
+        self.groups: dict[str, torch.distributed.ProcessGroup] = {}
+        # every name a parameter answers to, tied ones included (lm_head.weight and embed_tokens.weight)
+        self.parameters = dict(model.named_parameters(remove_duplicate=False))
+
+    def init_group(self, master_address: str, master_port: int, rank_offset: int, world_size: int,
+                   group_name: str, backend: str | None) -> tuple[bool, str]:
+        if group_name in self.groups:
+            return False, f"weight group {group_name!r} exists already; destroy it first"
+        # one process = tensor-parallel rank 0, so this server's rank is rank_offset itself
+        self.groups[group_name] = weight_group.init_weight_group(
+            master_address, master_port, rank_offset, world_size, group_name, backend, self.timeout_s)
+        return True, f"joined {group_name!r} as rank {rank_offset} of {world_size}"
+
+    def destroy_group(self, group_name: str) -> tuple[bool, str]:
+        group = self.groups.pop(group_name, None)
+        if group is None:
+            return False, f"no weight group {group_name!r}"
+        weight_group.destroy_weight_group(group)
+        return True, f"destroyed {group_name!r}"
+
+    def update_from_distributed(self, names: list[str], dtypes: list[torch.dtype], shapes: list[list[int]],
+                                group_name: str, weight_version: str | None) -> tuple[bool, str]:
+        group = self.groups.get(group_name)
+        if group is None:
+            return False, f"no weight group {group_name!r}: call /init_weights_update_group first"
+        tensors = weight_group.receive_tensors(group, dtypes, shapes)
+        problems = [self._problem(name, tensor) for name, tensor in zip(names, tensors)]
+        problems = [p for p in problems if p]
+        if problems:
+            return False, "bucket refused, nothing loaded: " + "; ".join(problems[:5])
+        with torch.no_grad():
+            for name, tensor in zip(names, tensors):
+                self.parameters[name].copy_(tensor)
+        self.scheduler.weights_changed(weight_version)
+        return True, f"loaded {len(names)} tensors; weight_version {self.scheduler.weight_version}"
+
+    def update_from_disk(self, model_path: str, weight_version: str | None) -> tuple[bool, str]:
+        try:
+            load_state(self.model, read_checkpoint(model_path), model_path)
+        except (UserError, OSError) as e:
+            return False, str(e)
+        self.scheduler.weights_changed(weight_version)
+        return True, f"loaded {model_path}; weight_version {self.scheduler.weight_version}"
+
+    def get_weights(self, name: str, truncate_size: int) -> list | None:
+        """SGLang's `/get_weights_by_name`: the first `truncate_size` rows, as float32 nested lists."""
+        param = self.parameters.get(name)
+        if param is None:
+            return None
+        return param.detach()[:truncate_size].float().tolist()
+
+    def _problem(self, name: str, tensor: torch.Tensor) -> str | None:
+        param = self.parameters.get(name)
+        if param is None:
+            return f"unknown parameter {name!r}"
+        if tuple(param.shape) != tuple(tensor.shape):
+            return f"{name} has shape {tuple(tensor.shape)}, the model expects {tuple(param.shape)}"
+        return None
