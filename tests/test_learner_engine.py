@@ -1,0 +1,98 @@
+"""The DeepSpeed config checks against the YAML and the learning-rate schedule (no process group needed)."""
+
+import json
+import math
+
+import pytest
+
+from apr_ds.config import SFTConfig, load_config
+from apr_ds.errors import UserError
+from apr_ds.learner.engine import DS_CONFIG_DIR, load_ds_config, lr_at, param_groups
+
+
+def sft(**changes):
+    base = SFTConfig(ds_config="zero3_cpu.json", precision="fp32", global_batch=16, micro_batch=4)
+    for key, value in changes.items():
+        setattr(base, key, value)
+    return base
+
+
+def write(tmp_path, **fields):
+    config = json.loads((DS_CONFIG_DIR / "zero3_cpu.json").read_text())
+    config.update(fields)
+    path = tmp_path / "ds.json"
+    path.write_text(json.dumps(config))
+    return str(path)
+
+
+def test_auto_values_come_from_the_yaml():
+    ds = load_ds_config(sft(), world_size=2)
+    assert (ds["train_batch_size"], ds["train_micro_batch_size_per_gpu"], ds["gradient_accumulation_steps"]) == (16, 4, 2)
+    assert ds["gradient_clipping"] == 1.0 and ds["bf16"]["enabled"] is False
+    assert ds["zero_optimization"]["stage"] == 3 and ds["zero_optimization"]["stage3_param_persistence_threshold"] == 0
+
+
+def test_every_shipped_ds_config_loads_with_its_precision():
+    assert load_ds_config(sft(ds_config="zero3.json", precision="bf16"), 2)["bf16"]["enabled"] is True
+    assert load_ds_config(sft(ds_config="zero3_offload.json", precision="bf16"), 4)["zero_optimization"]["offload_optimizer"]["device"] == "cpu"
+
+
+def test_world_size_that_does_not_divide_the_batch():
+    with pytest.raises(UserError, match="world size 3 does not divide the batch"):
+        load_ds_config(sft(), world_size=3)
+
+
+def test_explicit_values_must_agree_with_the_yaml(tmp_path):
+    load_ds_config(sft(ds_config=write(tmp_path, train_micro_batch_size_per_gpu=4, gradient_accumulation_steps=2)), 2)
+    with pytest.raises(UserError, match="sets train_micro_batch_size_per_gpu=8 but the YAML gives 4"):
+        load_ds_config(sft(ds_config=write(tmp_path, train_micro_batch_size_per_gpu=8)), 2)
+    with pytest.raises(UserError, match="sets train_batch_size=32 but the YAML gives 16"):
+        load_ds_config(sft(ds_config=write(tmp_path, train_batch_size=32)), 2)
+    with pytest.raises(UserError, match="gradient_accumulation_steps=1 but the YAML gives 2"):
+        load_ds_config(sft(ds_config=write(tmp_path, gradient_accumulation_steps=1)), 2)
+    with pytest.raises(UserError, match="gradient_clipping=0.5"):
+        load_ds_config(sft(ds_config=write(tmp_path, gradient_clipping=0.5)), 2)
+
+
+def test_precision_must_agree(tmp_path):
+    with pytest.raises(UserError, match="bf16.enabled=true but sft.precision=fp32"):
+        load_ds_config(sft(ds_config="zero3.json"), 2)
+    with pytest.raises(UserError, match="bf16.enabled=false but sft.precision=bf16"):
+        load_ds_config(sft(precision="bf16"), 2)
+    with pytest.raises(UserError, match="enables fp16"):
+        load_ds_config(sft(ds_config=write(tmp_path, fp16={"enabled": True})), 2)
+
+
+def test_optimizer_belongs_to_the_yaml_and_unknown_files_are_named(tmp_path):
+    with pytest.raises(UserError, match="defines 'optimizer'"):
+        load_ds_config(sft(ds_config=write(tmp_path, optimizer={"type": "AdamW"})), 2)
+    with pytest.raises(UserError, match="not found .* choose one of zero3.json, zero3_cpu.json, zero3_offload.json"):
+        load_ds_config(sft(ds_config="zero9.json"), 2)
+
+
+def test_paper_schedule_is_warmup_then_cosine():
+    paper = load_config("paper").sft
+    assert (paper.global_batch, paper.lr, paper.steps, paper.weight_decay, paper.grad_clip) == (256, 5e-5, 19_000, 0.01, 1.0)
+    assert lr_at(0, paper) == pytest.approx(5e-6)  # optax warmup_cosine_decay_schedule: init 5e-6, 1 step
+    assert lr_at(1, paper) == pytest.approx(5e-5)
+    assert lr_at(1 + 9_000 - 1, paper) < 5e-5
+    assert lr_at(19_000, paper) == pytest.approx(5e-7)
+    half = 1 + (19_000 - 1) // 2
+    assert lr_at(half, paper) == pytest.approx(5e-7 + 0.5 * (5e-5 - 5e-7) * (1 + math.cos(math.pi * (half - 1) / 18_999)))
+
+
+def test_every_preset_has_a_consistent_sft_section():
+    for preset in ("tiny", "cpu", "paper"):
+        cfg = load_config(preset)
+        load_ds_config(cfg.sft, world_size=2 if preset != "paper" else 32)
+        assert cfg.model.preset == preset
+        assert lr_at(cfg.sft.steps, cfg.sft) == pytest.approx(cfg.sft.min_lr)
+
+
+def test_weight_decay_skips_norm_gains():
+    from apr_ds.model import build_model, llama_config
+    model = build_model(llama_config("tiny", 64, context=16), seed=0)
+    decay, no_decay = param_groups(model, 0.01)
+    assert decay["weight_decay"] == 0.01 and no_decay["weight_decay"] == 0.0
+    assert all(p.dim() == 2 for p in decay["params"]) and all(p.dim() == 1 for p in no_decay["params"])
+    assert len(decay["params"]) + len(no_decay["params"]) == len(list(model.parameters()))

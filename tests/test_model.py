@@ -1,0 +1,73 @@
+"""Model presets: shapes, parameter counts, and the Hugging Face directory round trip."""
+
+import pytest
+import torch
+
+from apr_ds.errors import UserError
+from apr_ds.model import PRESETS, build_model, count_parameters, llama_config, load_hf, save_hf
+
+DOMAIN_VOCAB = 1117  # the domain tokenizer's size (apr_ds.data.tokenizer)
+
+
+def allocated_parameters(config, non_embedding=True):
+    with torch.device("meta"):
+        from transformers import LlamaForCausalLM
+        model = LlamaForCausalLM(config)
+    total = sum(p.numel() for p in model.parameters())
+    if non_embedding:
+        total -= model.model.embed_tokens.weight.numel() + model.lm_head.weight.numel()
+    return total
+
+
+def test_paper_preset_has_228m_non_embedding_parameters():
+    config = llama_config("paper", vocab_size=32_000)
+    assert count_parameters(config) == allocated_parameters(config) == 227_709_952  # "228M non-embedding"
+    assert allocated_parameters(config, non_embedding=False) == 227_709_952 + 2 * 32_000 * 1024  # untied: 293M
+    assert (config.num_hidden_layers, config.hidden_size, config.num_attention_heads, config.intermediate_size) == (18, 1024, 16, 2752)
+    assert config.max_position_embeddings == 4096 and config.rms_norm_eps == 1e-6
+    assert config.rope_parameters["rope_theta"] == 10_000.0 and config.tie_word_embeddings is False
+
+
+def test_cpu_presets_are_small():
+    tiny = allocated_parameters(llama_config("tiny", DOMAIN_VOCAB), non_embedding=False)
+    cpu = allocated_parameters(llama_config("cpu", DOMAIN_VOCAB), non_embedding=False)
+    assert 0.7e6 < tiny < 1.5e6, tiny
+    assert 1.5e6 < cpu < 5e6, cpu
+    for name in PRESETS:
+        assert count_parameters(llama_config(name, DOMAIN_VOCAB)) == allocated_parameters(llama_config(name, DOMAIN_VOCAB))
+
+
+def test_context_override_and_unknown_preset():
+    assert llama_config("tiny", 50, context=128).max_position_embeddings == 128
+    with pytest.raises(UserError, match="unknown model preset 'huge'"):
+        llama_config("huge", 50)
+
+
+def test_build_is_a_function_of_the_seed():
+    config = llama_config("tiny", 64, context=32)
+    a, b, c = build_model(config, seed=1), build_model(config, seed=1), build_model(config, seed=2)
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+    assert not torch.equal(a.lm_head.weight, c.lm_head.weight)
+
+
+def test_hf_directory_round_trip_gives_equal_logits(tmp_path):
+    from apr_ds.data.tokenizer import save_tokenizer
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    save_tokenizer(tmp_path / "tok")
+    config = llama_config("tiny", DOMAIN_VOCAB, context=64)
+    model = build_model(config, seed=0).eval()
+    save_hf(model.state_dict(), config, tmp_path / "hf", tokenizer_dir=tmp_path / "tok")
+
+    assert {"config.json", "model.safetensors", "tokenizer.json"} <= {p.name for p in (tmp_path / "hf").iterdir()}
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path / "hf")
+    assert type(loaded).__name__ == "LlamaForCausalLM"
+    ids = torch.randint(3, DOMAIN_VOCAB, (2, 20), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.equal(model(ids).logits, load_hf(tmp_path / "hf")(ids).logits)
+    assert AutoTokenizer.from_pretrained(tmp_path / "hf").pad_token_id == 0
+
+
+def test_load_hf_on_a_non_model_directory(tmp_path):
+    with pytest.raises(UserError, match="not a model directory"):
+        load_hf(tmp_path)

@@ -1,0 +1,57 @@
+"""`apr-ds sft` / `apr-ds export` stop on bad input before training, with a message and no traceback."""
+
+import pytest
+
+from apr_ds.cli import main
+from sft_fixtures import make_data_dir
+
+
+def run_cli(capsys, *argv):
+    code = main(list(argv))
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    return code, err
+
+
+@pytest.fixture
+def run_dir(tmp_path):
+    make_data_dir(tmp_path)
+    return tmp_path
+
+
+def test_missing_data(capsys, tmp_path):
+    code, err = run_cli(capsys, "sft", "--preset", "tiny", f"run_dir={tmp_path}")
+    assert code == 2 and "no data at" in err and "run `apr-ds data`" in err
+
+
+def test_corrupt_data(capsys, run_dir):
+    (run_dir / "data" / "tokens" / "sosp" / "train.npz").write_bytes(b"\x00" * 100)
+    code, err = run_cli(capsys, "sft", "--preset", "tiny", f"run_dir={run_dir}")
+    assert code == 2 and "corrupt data file" in err
+
+
+def test_tokenizer_mismatch(capsys, run_dir):
+    tokenizer_json = run_dir / "data" / "tokenizer" / "tokenizer.json"
+    tokenizer_json.write_text(tokenizer_json.read_text() + " ")
+    code, err = run_cli(capsys, "sft", "--preset", "tiny", f"run_dir={run_dir}")
+    assert code == 2 and "tokenizer mismatch" in err
+
+
+def test_ds_config_contradicting_the_yaml(capsys, run_dir):
+    code, err = run_cli(capsys, "sft", "--preset", "tiny", f"run_dir={run_dir}", "sft.ds_config=zero3.json")
+    assert code == 2 and "bf16.enabled=true but sft.precision=fp32" in err
+
+
+def test_world_size_not_dividing_the_batch(capsys, run_dir, monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "3")  # what torchrun / the deepspeed launcher would set
+    code, err = run_cli(capsys, "sft", "--preset", "tiny", f"run_dir={run_dir}")
+    assert code == 2 and "world size 3 does not divide the batch" in err
+
+
+def test_resume_from_an_incomplete_checkpoint(capsys, run_dir):
+    half = run_dir / "sft" / "sosp" / "checkpoints" / "step_00000010"
+    half.mkdir(parents=True)
+    code, err = run_cli(capsys, "sft", "--preset", "tiny", f"run_dir={run_dir}", "--resume", str(half))
+    assert code == 2 and "incomplete" in err
+    code, err = run_cli(capsys, "export", str(half), str(run_dir / "out"))
+    assert code == 2 and "incomplete" in err
