@@ -112,6 +112,14 @@ class Handlers:
             "eos_token_ids": sorted(self.scheduler.eos_token_ids), "architectures": ["LlamaForCausalLM"],
         })
 
+    async def get_load(self, request: web.Request) -> web.Response:
+        """SGLang's /get_load (one data-parallel rank): requests running and waiting, KV slots in use."""
+        def load() -> list[dict]:
+            s = self.scheduler
+            return [{"dp_rank": 0, "num_reqs": len(s.running), "num_waiting_reqs": len(s.waiting),
+                     "num_tokens": s.pool.num_used, "paused": s.paused}]
+        return web.json_response(await self.on_engine(load))
+
     # ------------------------------------------------------------------ scheduling control
 
     async def flush_cache(self, request: web.Request) -> web.Response:

@@ -133,6 +133,14 @@ class RadixCache:
         self.root.children.clear()
         self.num_tokens = 0
 
+    def node_slots(self) -> list[torch.Tensor]:
+        slots, stack = [], list(self.root.children.values())
+        while stack:
+            node = stack.pop()
+            stack.extend(node.children.values())
+            slots.append(node.slots)
+        return slots
+
     def check_invariants(self) -> None:
         total, stack = 0, [self.root]
         while stack:

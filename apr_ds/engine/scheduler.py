@@ -101,10 +101,13 @@ class Scheduler:
             if seq.status != "running":
                 continue
             slot = self._alloc(1)
-            while slot is None and seq.status == "running":
-                self.retract(self.running[-1])
+            while slot is None:
+                victim = self.running[-1]
+                self.retract(victim)
+                if victim is seq:
+                    break
                 slot = self._alloc(1)
-            if seq.status == "running":
+            if slot is not None:
                 seq.append_slots(slot)
                 seqs.append(seq)
         return seqs, [1] * len(seqs)
@@ -233,6 +236,10 @@ class Scheduler:
             self.cache.check_invariants()
         for seq in list(self.waiting) + self.running:
             seq.check_invariants()
-        held = sum(seq.num_kv for seq in self.running + self.finishing)
-        cached = self.cache.num_tokens if self.cache is not None else 0
-        assert self.pool.num_used <= held + cached, "a slot is referenced by nobody we know"
+        # every reference is held by a running/finishing sequence or a cache node, and by nobody else
+        holders = [seq.kv_slots for seq in self.running + self.finishing]
+        holders += self.cache.node_slots() if self.cache is not None else []
+        expected = torch.zeros_like(self.pool.refs)
+        for slots in holders:
+            expected.index_add_(0, slots, torch.ones(len(slots), dtype=expected.dtype))
+        assert torch.equal(expected[1:], self.pool.refs[1:]), "slot reference counts do not match their holders"

@@ -6,7 +6,7 @@
     curl -s localhost:30000/generate -d '{"input_ids": [1, 5, 9], "sampling_params": {"max_new_tokens": 8,
          "temperature": 0}, "return_logprob": true}'
 
-Endpoints (rl-systems.md §2): /generate, /health, /health_generate, /get_model_info, /flush_cache,
+Endpoints (rl-systems.md §2): /generate, /health, /health_generate, /get_model_info, /get_load, /flush_cache,
 /pause_generation, /continue_generation, /abort_request, /init_weights_update_group,
 /update_weights_from_distributed, /update_weights_from_disk, /destroy_weights_update_group,
 /get_weights_by_name (handlers in endpoints.py). The forward passes run on the engine thread
@@ -72,6 +72,7 @@ def build_app(engine, api_key: str | None = None) -> web.Application:
     app.router.add_get("/health", handlers.health)
     app.router.add_get("/health_generate", handlers.health_generate)
     app.router.add_get("/get_model_info", handlers.get_model_info)
+    app.router.add_get("/get_load", handlers.get_load)
     for name in ("generate", "pause_generation", "continue_generation", "abort_request", "init_weights_update_group",
                  "update_weights_from_distributed", "update_weights_from_disk", "destroy_weights_update_group"):
         app.router.add_post(f"/{name}", getattr(handlers, name))
