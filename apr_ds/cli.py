@@ -17,6 +17,7 @@ from apr_ds.errors import UserError
 # command -> (module, help). Each module has `add_arguments(parser)` and `main(args) -> int`.
 COMMANDS = {
     "data": ("apr_ds.data.build", "build problems, solver traces, SFT sequences and the tokenizer"),
+    "eval": ("apr_ds.eval.run", "evaluate APR, SoS+ or best-of-n on a split: accuracy, tokens, latency"),
     "sft": ("apr_ds.learner.sft", "supervised fine-tuning on the traces (DeepSpeed ZeRO-3; run under a launcher for many ranks)"),
     "export": ("apr_ds.learner.export", "write a Hugging Face model directory from an SFT/RL checkpoint"),
     "serve": ("apr_ds.engine.server", "serve a Hugging Face Llama checkpoint over SGLang's HTTP protocol (CPU)"),
@@ -51,7 +52,14 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     command = next((a for a in argv if not a.startswith("-")), None)
-    args = build_parser(command).parse_args(argv)
+    parser = build_parser(command)
+    # key=value overrides may come before or after options: argparse leaves the later ones unparsed.
+    args, rest = parser.parse_known_args(argv)
+    extra = [a for a in rest if "=" in a and not a.startswith("-")]
+    if len(extra) != len(rest) or (extra and not hasattr(args, "overrides")):
+        parser.error(f"unrecognized arguments: {' '.join(a for a in rest if a not in extra or not hasattr(args, 'overrides'))}")
+    if extra:
+        args.overrides = list(args.overrides) + extra
     try:
         return int(args.module.main(args) or 0)
     except UserError as e:

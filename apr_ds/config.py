@@ -183,6 +183,56 @@ class EngineConfig:
     """Seed of the sampling generator."""
     weight_sync_timeout_s: float = 300.0
     """Timeout of the weight-update group's rendezvous and broadcasts."""
+    replay_file: str = ""
+    """Test instrument: answer with the recorded sequences of this JSONL ({"text": ...} lines) instead of the
+    model's predictions (engine/replay.py). Empty = normal serving."""
+
+
+@dataclass
+class RolloutConfig:
+    """Executing programs on an inference server: limits and sampling (shared by eval and RL)."""
+
+    max_context: int = 4096
+    """Per-thread limit: prompt + generation <= this many tokens (max_new_tokens is clamped on the client)."""
+    max_children: int = 16
+    """Children one spawn may start; a spawn naming more fails its thread."""
+    max_spawns: int = 8
+    """Spawns one thread may make; one more fails the thread."""
+    max_depth: int = 1
+    """Spawn depth: 1 = only the main thread spawns (APR). 2+ runs children's own spawns (nested)."""
+    timeout_s: float = 600.0
+    """Wall-clock limit of one program; a program past it scores 0."""
+    temperature: float = 0.0
+    top_p: float = 1.0
+    top_k: int = -1
+    sequential_children: bool = False
+    """Run a spawn's children one after another instead of concurrently (for measuring what concurrency buys)."""
+    concurrency: int = 16
+    """Programs in flight at once against one server."""
+
+
+@dataclass
+class EvalConfig:
+    """`apr-ds eval`: which problems, which settings to sweep, where results go."""
+
+    split: str = "test"
+    """Problem split under {run_dir}/data/problems/: train, val, test or test_unseen_targets."""
+    problems_file: str = ""
+    """A problems JSONL to use instead of the split's file."""
+    num_problems: int = 100
+    """Evaluate the first N problems of the split; 0 = all."""
+    temperatures: list[float] = field(default_factory=lambda: [0.0])
+    """One evaluation per temperature (greedy by default, as the paper)."""
+    budgets: list[int] = field(default_factory=list)
+    """Conditioning sweep: `Sub Call Budget: N` for apr, `Token Budget: B` for sosp/bon. Empty = unconditioned."""
+    n: int = 1
+    """Samples per problem for bon; pass@k and cons@k are reported for k = 1, 2, 4, ... n."""
+    context_windows: list[int] = field(default_factory=list)
+    """Windows W for cumulative accuracy (correct and longest thread <= W). Empty = powers of two up to rollout.max_context."""
+    server_threads: int = 0
+    """OMP threads of the server eval starts itself (when no --url); 0 = torch's default."""
+    out_dir: str = ""
+    """Where results go; empty = {run_dir}/eval."""
 
 
 @dataclass
@@ -197,6 +247,8 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     sft: SFTConfig = field(default_factory=SFTConfig)
     engine: EngineConfig = field(default_factory=EngineConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
 
 
 # ---------------------------------------------------------------------------- loading

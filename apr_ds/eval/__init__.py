@@ -1,0 +1,1 @@
+"""Budgeted evaluation (APR vs SoS+ vs best-of-n), metrics, and the report."""

@@ -1,0 +1,157 @@
+"""`apr-ds eval`: accuracy, tokens and latency of APR, SoS+ or best-of-n on a held-out split.
+
+    apr-ds eval --preset tiny --model runs/tiny/sft/apr/hf --method apr
+    apr-ds eval --preset tiny --model runs/tiny/sft/sosp/hf --method sosp rollout.max_context=384
+    apr-ds eval --preset tiny --model runs/tiny/sft/sosp/hf --method bon eval.n=8 eval.temperatures=[1.0]
+    apr-ds eval --preset tiny --model DIR --method apr eval.temperatures=[0,0.1,0.5,1.0] eval.budgets=[2,4,6]
+    apr-ds eval --model DIR --method apr --url http://gpu-node:30000    # an SGLang server (docs in README)
+
+Without --url, eval starts `apr-ds serve --model DIR` as a child process and stops it at the end. The
+tokenizer is read from the model directory. Results: {out}/{method}{tag}.json (one summary per setting,
+formulas in apr_ds/rollout/trajectory.py) and {out}/{method}{tag}.trajectories.jsonl (every program).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from pathlib import Path
+
+from apr_ds.errors import UserError
+
+
+def add_arguments(parser) -> None:
+    from apr_ds.cli import add_config_arguments
+    add_config_arguments(parser)
+    parser.add_argument("--model", required=True, help="a Hugging Face checkpoint directory (with its tokenizer)")
+    parser.add_argument("--method", required=True, choices=["apr", "sosp", "bon"], help="apr, sosp, or bon (best-of-n SoS+)")
+    parser.add_argument("--url", default=None, help="use this running SGLang-protocol server instead of starting one")
+    parser.add_argument("--api-key", default=None, help="bearer key of the server at --url")
+    parser.add_argument("--tag", default="", help="suffix for the result file names")
+
+
+def main(args) -> int:
+    from apr_ds.cli import config_from_args
+    from apr_ds.config import save_config
+    from apr_ds.rollout.server_proc import ServerProcess
+
+    cfg = config_from_args(args)
+    problems = load_problems(cfg)
+    out_dir = Path(cfg.eval.out_dir or Path(cfg.run_dir) / "eval")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, out_dir, f"{args.method}{args.tag}.config.yaml")
+    server = None
+    url = args.url
+    try:
+        if url is None:
+            server = ServerProcess.start_ours(args.model, log_path=str(out_dir / f"{args.method}{args.tag}.server.log"),
+                                              threads=cfg.eval.server_threads or None,
+                                              overrides=[f"engine.max_model_len={cfg.rollout.max_context}"]).wait_healthy()
+            url = server.url
+        results = asyncio.run(evaluate(cfg, args.method, args.model, url, problems, out_dir, args.tag, args.api_key))
+    finally:
+        if server:
+            server.stop()
+    print_table(results)
+    print(f"results: {out_dir / (args.method + args.tag)}.json")
+    return 0
+
+
+def load_problems(cfg) -> list:
+    from apr_ds.tasks import get_task
+    task = get_task(cfg)
+    path = Path(cfg.eval.problems_file or Path(cfg.run_dir) / "data" / "problems" / f"{cfg.eval.split}.jsonl")
+    if not path.is_file():
+        raise UserError(f"no problems file {str(path)!r}; run `apr-ds data` for this run_dir or set eval.problems_file")
+    problems = []
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            problems.append(task.problem_from_json(json.loads(line)))
+        except (json.JSONDecodeError, UserError) as e:
+            raise UserError(f"{path}:{number}: {e}") from None
+    if not problems:
+        raise UserError(f"{path} holds no problems")
+    return problems[:cfg.eval.num_problems] if cfg.eval.num_problems > 0 else problems
+
+
+def default_windows(max_context: int) -> list[int]:
+    windows, w = [], 64
+    while w < max_context:
+        windows.append(w)
+        w *= 2
+    return windows + [max_context]
+
+
+async def evaluate(cfg, method: str, model: str, url: str, problems: list, out_dir: Path, tag: str = "",
+                   api_key: str | None = None) -> dict:
+    from transformers import AutoTokenizer
+
+    from apr_ds.eval.metrics import cons_at_n, pass_at_n, summarize
+    from apr_ds.rollout.client import RolloutClient, ServerError
+    from apr_ds.rollout.runtime import ProgramRunner
+    from apr_ds.tasks import get_task
+
+    if method == "bon" and cfg.eval.n > 1 and 0.0 in cfg.eval.temperatures:
+        raise UserError("best-of-n with eval.n > 1 needs sampling: set eval.temperatures to values > 0, e.g. [1.0]")
+    tokenizer = AutoTokenizer.from_pretrained(model)
+    windows = cfg.eval.context_windows or default_windows(cfg.rollout.max_context)
+    samples = cfg.eval.n if method == "bon" else 1
+    settings = [(t, b) for t in cfg.eval.temperatures for b in (cfg.eval.budgets or [None])]
+    results = {"method": method, "model": str(model), "url": url, "split": cfg.eval.split, "settings": []}
+    trajectories_path = out_dir / f"{method}{tag}.trajectories.jsonl"
+    from tqdm import tqdm
+    async with RolloutClient(url, api_key=api_key, timeout_s=cfg.rollout.timeout_s + 30) as client:
+        await client.wait_until_healthy(timeout_s=60)
+        runner = ProgramRunner(client, tokenizer, get_task(cfg), cfg.rollout)
+        gate = asyncio.Semaphore(cfg.rollout.concurrency)
+        with open(trajectories_path, "w") as trajectories_file:
+            for temperature, budget in settings:
+                bar = tqdm(total=len(problems) * samples, desc=f"{method} T={temperature} budget={budget}", unit="prog")
+
+                async def one(problem, sample):
+                    async with gate:
+                        trajectory = await runner.run(problem, "sosp" if method == "bon" else method,
+                                                      sub_call_budget=budget if method == "apr" else None,
+                                                      token_budget=budget if method != "apr" else None,
+                                                      temperature=temperature)
+                    bar.update(1)
+                    bar.set_postfix(acc=f"{trajectory.correct:.0f}")
+                    return trajectory
+                started = time.time()
+                try:
+                    runs = await asyncio.gather(*[one(p, s) for p in problems for s in range(samples)])
+                except ServerError as e:
+                    raise UserError(f"the server at {url} stopped answering: {e}") from None
+                finally:
+                    bar.close()
+                by_problem = [runs[i * samples:(i + 1) * samples] for i in range(len(problems))]
+                firsts = [group[0] for group in by_problem]
+                summary = {"temperature": temperature, "budget": budget, "n": samples,
+                           "wall_s": time.time() - started, **summarize(firsts, windows)}
+                if method == "bon":
+                    ks = [k for k in (1, 2, 4, 8, 16, 32, 64) if k <= samples] + ([samples] if samples not in (1, 2, 4, 8, 16, 32, 64) else [])
+                    summary["pass_at"] = {str(k): sum(pass_at_n(g[:k]) for g in by_problem) / len(problems) for k in ks}
+                    summary["cons_at"] = {str(k): sum(cons_at_n(g[:k]) for g in by_problem) / len(problems) for k in ks}
+                    summary["mean_total_tokens_at"] = {str(k): summary["mean_total_tokens"] * k for k in ks}
+                results["settings"].append(summary)
+                for trajectory in runs:
+                    record = trajectory.to_json()
+                    record.update(temperature=temperature, budget=budget)
+                    trajectories_file.write(json.dumps(record) + "\n")
+    (out_dir / f"{method}{tag}.json").write_text(json.dumps(results, indent=2) + "\n")
+    return results
+
+
+def print_table(results: dict) -> None:
+    print(f"\n{results['method']} on {results['split']} ({results['model']})")
+    print(f"{'T':>5} {'budget':>6} {'acc':>6} {'total tok':>9} {'seq tok':>8} {'longest':>7} {'latency s':>9} {'spawns':>6} {'child/sp':>8}")
+    for s in results["settings"]:
+        print(f"{s['temperature']:>5} {str(s['budget']):>6} {s['accuracy']:>6.1%} {s['mean_total_tokens']:>9.0f} "
+              f"{s['mean_sequential_tokens']:>8.0f} {s['mean_longest_thread']:>7.0f} {s['mean_latency_s']:>9.2f} "
+              f"{s['spawns_per_program']:>6.2f} {s['children_per_spawn']:>8.2f}")
+        if "pass_at" in s:
+            print("      pass@k " + "  ".join(f"{k}:{v:.1%}" for k, v in s["pass_at"].items()) +
+                  "   cons@k " + "  ".join(f"{k}:{v:.1%}" for k, v in s["cons_at"].items()))

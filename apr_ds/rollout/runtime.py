@@ -1,0 +1,152 @@
+"""The spawn/join runtime: execute one program of a model on an SGLang-protocol server.
+
+For APR (apr-reference §5): generate the main thread until EOS or a spawn block; parse the spawn with
+`apr_ds.lang`; run all children concurrently (asyncio), each from its own short prompt; replace the
+spawn block with the children's results (the join) and resume the parent, whose earlier context the
+server's prefix cache still holds; repeat until the parent ends. If the parent starts writing join
+results itself (`<Sub Searches>`), the runtime cuts there and turns it into a spawn, as the reference does.
+For SoS+ and best-of-n the same code runs one thread that never spawns.
+
+Nothing here raises on model output: a malformed spawn, too many children or spawns, a spawn deeper
+than `rollout.max_depth`, or a full context marks that thread failed or truncated; the program goes on
+(a failed child reports "No Solution") or ends, and scores 0 unless its main thread ends with a verified path.
+
+    runner = ProgramRunner(client, tokenizer, task, cfg.rollout)
+    trajectory = await runner.run(problem, "apr")
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from apr_ds.lang import CALL_CLOSE, CALL_OPEN, JOIN_OPEN, SpawnError, child_result, ends_with_spawn, join_text, parse_spawn
+from apr_ds.rollout.client import ServerError
+from apr_ds.rollout.trajectory import Segment, Thread, Trajectory
+
+
+class ProgramRunner:
+    def __init__(self, client, tokenizer, task, cfg):
+        """`cfg` is a RolloutConfig; `task` a Task (prompts and the verifier)."""
+        self.client, self.tokenizer, self.task, self.cfg = client, tokenizer, task, cfg
+        self.bos, self.eos = tokenizer.bos_token_id, tokenizer.eos_token_id
+
+    def encode(self, text: str) -> list[int]:
+        return [self.bos] + self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def decode(self, ids: list[int]) -> str:
+        if ids and ids[-1] == self.eos:
+            ids = ids[:-1]
+        return self.tokenizer.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
+
+    async def run(self, problem, method: str, sub_call_budget: int | None = None, token_budget: int | None = None,
+                  temperature: float | None = None) -> Trajectory:
+        prompt = self.task.prompt(problem, method, sub_call_budget=sub_call_budget, token_budget=token_budget)
+        trajectory = Trajectory(problem.to_json(), method, [], start=time.time())
+        sampling = {"temperature": self.cfg.temperature if temperature is None else temperature,
+                    "top_p": self.cfg.top_p, "top_k": self.cfg.top_k, "no_stop_trim": True}
+        if method == "apr":
+            sampling["stop"] = [CALL_CLOSE, JOIN_OPEN]
+        try:
+            await asyncio.wait_for(self._thread(trajectory, None, 0, prompt, token_budget, sampling, method == "apr"),
+                                   self.cfg.timeout_s)
+        except asyncio.TimeoutError:
+            for thread in trajectory.threads:
+                if thread.status == "running":
+                    thread.status, thread.error = "timeout", f"program exceeded rollout.timeout_s={self.cfg.timeout_s}"
+        trajectory.end = time.time()
+        root = trajectory.root
+        if root.status == "done":
+            verdict = self.task.verify(problem, root.text)
+            trajectory.correct, trajectory.reason = verdict.ok, verdict.reason
+        else:
+            trajectory.reason = f"main thread {root.status}" + (f": {root.error}" if root.error else "")
+        return trajectory
+
+    async def _thread(self, trajectory: Trajectory, parent_id, depth: int, prompt: str, token_budget,
+                      sampling: dict, may_spawn: bool) -> Thread:
+        thread = Thread(len(trajectory.threads), parent_id, depth, prompt)
+        trajectory.threads.append(thread)  # before any await, so ids follow spawn order
+        text, context = prompt, self.encode(prompt)
+        max_segments = 2 * self.cfg.max_spawns + 2
+        while thread.status == "running":
+            if len(thread.segments) >= max_segments:
+                thread.status, thread.error = "failed", f"more than {max_segments} generation calls"
+                break
+            segment = await self._generate(thread, context, sampling)
+            if segment is None:
+                break
+            out_text = self.decode(segment.output_ids)
+            if segment.finish_reason == "stop" and out_text.endswith(JOIN_OPEN):
+                # The model began writing join results itself: keep what precedes them and call the spawn instead.
+                keep = self._tokens_before(segment.output_ids, len(out_text) - len(JOIN_OPEN))
+                segment.output_ids, segment.logprobs = segment.output_ids[:keep], segment.logprobs[:keep]
+                segment.finish_reason = "spawn_stop"
+                text = text + self.decode(segment.output_ids) + CALL_OPEN
+                context = self.encode(text)
+                continue
+            text += out_text
+            context = context + segment.output_ids
+            if segment.finish_reason == "length":
+                thread.status, thread.error = "truncated", f"context reached rollout.max_context={self.cfg.max_context}"
+            elif segment.finish_reason != "stop":
+                thread.status, thread.error = "aborted", "the server aborted the request"
+            elif not ends_with_spawn(text):
+                thread.status = "done"
+            elif not may_spawn:
+                thread.status, thread.error = "failed", "spawned, but this method does not run spawns"
+            else:
+                text = await self._spawn(trajectory, thread, text, token_budget, sampling)
+                context = self.encode(text)
+        thread.text = text
+        return thread
+
+    async def _generate(self, thread: Thread, context: list[int], sampling: dict) -> Segment | None:
+        max_new = self.cfg.max_context - len(context)
+        if max_new <= 0:
+            thread.status, thread.error = "truncated", f"prompt of {len(context)} tokens fills rollout.max_context"
+            return None
+        start = time.time()
+        try:
+            gen = await self.client.generate_tokens(context, {**sampling, "max_new_tokens": max_new})
+        except ServerError as e:
+            if e.status is None:
+                raise  # the server is gone: not this program's fault, let the caller decide
+            thread.status, thread.error = "failed", f"server refused the request: {e}"
+            return None
+        segment = Segment(list(context), gen.output_ids, gen.logprobs, gen.finish_reason, gen.weight_version,
+                          gen.cached_tokens, start, time.time())
+        thread.segments.append(segment)
+        return segment
+
+    async def _spawn(self, trajectory: Trajectory, thread: Thread, text: str, token_budget, sampling: dict) -> str:
+        """Run the children of the spawn that ends `text`; return the parent's joined text (or mark it failed)."""
+        spawn = parse_spawn(text)
+        problem = None
+        if isinstance(spawn, SpawnError):
+            problem = f"malformed spawn ({spawn.kind}): {spawn.message}"
+        elif thread.depth + 1 > self.cfg.max_depth:
+            problem = f"spawn at depth {thread.depth + 1} exceeds rollout.max_depth={self.cfg.max_depth}"
+        elif len(spawn.children) > self.cfg.max_children:
+            problem = f"spawn of {len(spawn.children)} children exceeds rollout.max_children={self.cfg.max_children}"
+        elif len(thread.spawns) >= self.cfg.max_spawns:
+            problem = f"more than rollout.max_spawns={self.cfg.max_spawns} spawns"
+        if problem:
+            thread.status, thread.error = "failed", problem
+            return text
+        runs = [self._thread(trajectory, thread.thread_id, thread.depth + 1, child.prompt(token_budget), token_budget,
+                             sampling, True) for child in spawn.children]
+        if self.cfg.sequential_children:
+            children = [await run for run in runs]
+        else:
+            children = await asyncio.gather(*runs)
+        thread.spawns.append([child.thread_id for child in children])
+        results = [child_result(child.text) if child.status == "done" else None for child in children]
+        return join_text(spawn, results)
+
+    def _tokens_before(self, ids: list[int], chars: int) -> int:
+        """The largest k such that ids[:k] decodes to at most `chars` characters."""
+        k = len(ids)
+        while k > 0 and len(self.decode(ids[:k])) > chars:
+            k -= 1
+        return k

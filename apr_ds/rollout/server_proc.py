@@ -1,0 +1,80 @@
+"""Start and stop an inference server as a child process we own (ours on CPU, SGLang on GPU).
+
+    with ServerProcess.start_ours("runs/tiny/sft/apr/hf", log_path="runs/tiny/eval/server.log") as server:
+        ... RolloutClient(server.url) ...
+
+The process runs in its own session, so stopping it (by its PID's process group) also stops anything it
+started; only what this object started is ever signalled.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+
+from apr_ds.errors import UserError
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
+class ServerProcess:
+    def __init__(self, command: list[str], url: str, log_path: str | None = None, env: dict | None = None):
+        self.command, self.url, self.log_path = command, url, log_path
+        self._log = open(log_path, "ab") if log_path else subprocess.DEVNULL
+        self.proc = subprocess.Popen(command, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True,
+                                     env={**os.environ, **(env or {})})
+
+    @classmethod
+    def start_ours(cls, model_dir: str, host: str = "127.0.0.1", port: int | None = None, log_path: str | None = None,
+                   overrides: list[str] | None = None, threads: int | None = None) -> "ServerProcess":
+        port = port or free_port(host)
+        command = [sys.executable, "-m", "apr_ds.cli", "serve", "--model", str(model_dir), "--host", host,
+                   "--port", str(port), *(overrides or [])]
+        env = {"OMP_NUM_THREADS": str(threads)} if threads else None
+        return cls(command, f"http://{host}:{port}", log_path, env)
+
+    def wait_healthy(self, timeout_s: float = 180.0) -> "ServerProcess":
+        deadline = time.time() + timeout_s
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise UserError(f"the inference server exited with code {self.proc.returncode} before it was healthy"
+                                + (f"; see {self.log_path}" if self.log_path else ""))
+            try:
+                with urllib.request.urlopen(self.url + "/health", timeout=2) as response:
+                    if response.status == 200:
+                        return self
+            except (urllib.error.URLError, OSError):
+                pass
+            time.sleep(0.2)
+        self.stop()
+        raise UserError(f"the inference server at {self.url} was not healthy after {timeout_s:.0f}s")
+
+    def stop(self, grace_s: float = 10.0) -> None:
+        if self.proc.poll() is None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGTERM)
+                self.proc.wait(grace_s)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+            except ProcessLookupError:
+                pass
+        if self._log is not subprocess.DEVNULL:
+            self._log.close()
+            self._log = subprocess.DEVNULL
+
+    def __enter__(self) -> "ServerProcess":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
