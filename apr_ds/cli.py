@@ -18,6 +18,7 @@ from apr_ds.errors import UserError
 COMMANDS = {
     "data": ("apr_ds.data.build", "build problems, solver traces, SFT sequences and the tokenizer"),
     "eval": ("apr_ds.eval.run", "evaluate APR, SoS+ or best-of-n on a split: accuracy, tokens, latency"),
+    "report": ("apr_ds.eval.report", "plots and a Markdown table from eval results"),
     "sft": ("apr_ds.learner.sft", "supervised fine-tuning on the traces (DeepSpeed ZeRO-3; run under a launcher for many ranks)"),
     "export": ("apr_ds.learner.export", "write a Hugging Face model directory from an SFT/RL checkpoint"),
     "serve": ("apr_ds.engine.server", "serve a Hugging Face Llama checkpoint over SGLang's HTTP protocol (CPU)"),
