@@ -21,6 +21,7 @@ import json
 import math
 import os
 import socket
+import warnings
 from pathlib import Path
 
 from apr_ds.errors import UserError
@@ -120,6 +121,8 @@ def init_distributed() -> None:
     machine never collide on a fixed default. Without any launcher this is a world of one.
     """
     use_cpu_accelerator_if_no_gpu()
+    # DeepSpeed calls collectives torch 2.13 renamed; the FutureWarning repeats on every step and says nothing to us.
+    warnings.filterwarnings("ignore", message=r"`torch\.distributed\.\w+` is deprecated", category=FutureWarning)
     import deepspeed
     from deepspeed.accelerator import get_accelerator
 

@@ -6,18 +6,19 @@ Reads `{run_dir}/data/` (from `apr-ds data`), writes `{run_dir}/sft/{method}/`:
     tb/                   TensorBoard events from rank 0; scalars.jsonl holds the same numbers
     config.yaml           the resolved config
 
-One machine, CPU, 2 ranks (each verified; one thread per rank on a 2-core machine):
+One machine, CPU, 2 ranks (each verified; one thread per rank on a 2-core machine; from the repo
+root, or anywhere once `pip install -e .` is done):
     export OMP_NUM_THREADS=1
-    torchrun --nproc_per_node 2 -m apr_ds.cli sft --preset tiny sft.method=sosp
+    torchrun --standalone --nproc_per_node 2 -m apr_ds.cli sft --preset tiny sft.method=sosp
     deepspeed --num_gpus 2 --no_local_rank --module apr_ds.cli sft --preset tiny sft.method=sosp
     .venv/bin/mpirun -n 2 .venv/bin/python -m apr_ds.cli sft --preset tiny sft.method=sosp
     apr-ds sft --preset tiny                        # no launcher: a world of one
 (`deepspeed` without --num_gpus starts one process on CPU machines; `--no_local_rank` keeps it from
 adding `--local_rank=N`, which `apr-ds` does not take. Use the venv's mpirun, not /usr/bin/mpirun.)
 
-Many machines (GPUs, NCCL), e.g. 4 nodes x 8 GPUs:
+Many machines (GPUs, NCCL), e.g. 4 nodes x 8 GPUs (the same entry points; not run here, there is no GPU):
     deepspeed --hostfile hosts --num_nodes 4 --num_gpus 8 --no_local_rank --module apr_ds.cli sft --preset paper
-    srun -N 4 --ntasks-per-node 8 python -m apr_ds.cli sft --preset paper      # MPI discovery via mpi4py
+    srun --mpi=pmi2 -N 4 --ntasks-per-node 8 python -m apr_ds.cli sft --preset paper   # PMI_SIZE; MPI discovery
     torchrun --nnodes 4 --nproc_per_node 8 --rdzv_endpoint HOST:PORT -m apr_ds.cli sft --preset paper
 
 Loss: mean cross-entropy over every non-pad target token of the global batch, prompt included (the
@@ -31,6 +32,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+from apr_ds.errors import UserError
 from apr_ds.log import ScalarWriter, get_logger
 
 log = get_logger(__name__)
@@ -68,6 +70,10 @@ def train(cfg, resume: str = "auto", stop_after: int | None = None) -> dict:
     context = model_config.max_position_embeddings
     plan = BatchPlan(data.train.lengths(context), sft.global_batch, sft.micro_batch, world_size, sft.seed, sft.bucket_steps)
     resume_path = resolve_resume(resume, out / "checkpoints")
+    truncated = int((data.train.lengths() > context).sum())
+    if truncated:
+        log.warning(f"{truncated} of {len(data.train)} training sequences are longer than the model context {context} "
+                    f"and are truncated; raise model.context or lower data.max_seq_len")
 
     init_distributed()
     try:
@@ -86,6 +92,9 @@ def _train(cfg, out, ds_config, data, model_config, plan, resume_path, stop_afte
     from apr_ds.model import build_model
 
     sft, rank, world_size = cfg.sft, dist.get_rank(), dist.get_world_size()
+    if world_size != plan.world_size:
+        raise UserError(f"the launcher announced {plan.world_size} ranks but {world_size} joined; check the launcher's "
+                        f"environment (WORLD_SIZE / PMI_SIZE / OMPI_COMM_WORLD_SIZE)")
     context = model_config.max_position_embeddings
     tokenizer_sha = data.manifest["tokenizer_sha256"]
     engine = build_engine(build_model(model_config, seed=sft.seed), sft, ds_config)
