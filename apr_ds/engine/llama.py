@@ -66,8 +66,11 @@ class Attention(nn.Module):
         q = apply_rope(self.q_proj(x).view(n, self.num_heads, self.head_dim), cos, sin)
         k = apply_rope(self.k_proj(x).view(n, self.num_kv_heads, self.head_dim), cos, sin)
         v = self.v_proj(x).view(n, self.num_kv_heads, self.head_dim)
-        k_cache[batch.write_slots] = k
-        v_cache[batch.write_slots] = v
+        # The pool as rows of one token's K (or V): index_copy_/index_select on rows are ~3x faster
+        # than advanced indexing, and the gather below is the largest cost of a big decode step.
+        k_rows, v_rows = k_cache.view(k_cache.shape[0], -1), v_cache.view(v_cache.shape[0], -1)
+        k_rows.index_copy_(0, batch.write_slots, k.reshape(n, -1))
+        v_rows.index_copy_(0, batch.write_slots, v.reshape(n, -1))
         num_seqs, _, q_max, _ = batch.mask.shape
         if batch.query_index is None:  # decode: one query per sequence, already in padded order
             q_pad = q.view(num_seqs, 1, self.num_heads, self.head_dim)
@@ -75,8 +78,9 @@ class Attention(nn.Module):
             q_pad = q.new_zeros(num_seqs * q_max, self.num_heads, self.head_dim)
             q_pad[batch.query_index] = q
             q_pad = q_pad.view(num_seqs, q_max, self.num_heads, self.head_dim)
-        keys = k_cache[batch.context_slots].transpose(1, 2)    # [B, Hkv, Kmax, D]
-        values = v_cache[batch.context_slots].transpose(1, 2)
+        context = batch.context_slots.flatten()
+        keys = k_rows.index_select(0, context).view(num_seqs, -1, self.num_kv_heads, self.head_dim).transpose(1, 2)
+        values = v_rows.index_select(0, context).view(num_seqs, -1, self.num_kv_heads, self.head_dim).transpose(1, 2)
         out = F.scaled_dot_product_attention(q_pad.transpose(1, 2), keys, values, attn_mask=batch.mask,
                                              enable_gqa=self.num_kv_heads != self.num_heads)
         out = out.transpose(1, 2).reshape(num_seqs * q_max, self.num_heads * self.head_dim)
