@@ -186,6 +186,8 @@ class EngineConfig:
     replay_file: str = ""
     """Test instrument: answer with the recorded sequences of this JSONL ({"text": ...} lines) instead of the
     model's predictions (engine/replay.py). Empty = normal serving."""
+    replay_compute: bool = False
+    """With replay_file: still run the model's forward pass every step, so timings are realistic."""
 
 
 @dataclass

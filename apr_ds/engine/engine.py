@@ -57,11 +57,10 @@ class Engine:
         dtype = self.model.model.embed_tokens.weight.dtype
         self.pool = KVPool(len(self.model.model.layers), attn.num_kv_heads, attn.head_dim, config.kv_cache_tokens, dtype)
         self.detokenizer = Detokenizer(self.tokenizer)
+        self.runner = ModelRunner(self.model, self.pool, seed=config.seed)
         if config.replay_file:  # a test instrument: recorded sequences decide the tokens (engine/replay.py)
             from apr_ds.engine.replay import ReplayRunner
-            self.runner = ReplayRunner(config.replay_file, self.tokenizer)
-        else:
-            self.runner = ModelRunner(self.model, self.pool, seed=config.seed)
+            self.runner = ReplayRunner(config.replay_file, self.tokenizer, self.runner if config.replay_compute else None)
         self.scheduler = Scheduler(self.runner, self.pool, self.detokenizer, _eos_token_ids(model_dir, self.hf_config,
                                                                                           self.tokenizer), config)
         self.weights = WeightUpdater(self.model, self.scheduler, config.weight_sync_timeout_s)

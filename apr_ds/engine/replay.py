@@ -8,7 +8,10 @@ whole context in the recorded texts (the first recorded one where they branch), 
 recorded text continues it. It is greedy and deterministic, and the log-prob it reports is 0.
 
 This is a test instrument, not a model: the model directory is still loaded (config, tokenizer,
-weights), the KV cache still fills, but no forward pass decides the tokens.
+weights), the KV cache still fills, but no forward pass decides the tokens. With
+`engine.replay_compute=true` the model's forward pass still runs at every step (its tokens are then
+replaced), so timings are those of a model of that size writing exactly the recorded traces: this is how
+tools/bench_runtime.py measures latency at known accuracy.
 """
 
 from __future__ import annotations
@@ -21,8 +24,9 @@ from apr_ds.errors import UserError
 
 
 class ReplayRunner:
-    def __init__(self, replay_file: str | Path, tokenizer):
-        self.eos = tokenizer.eos_token_id
+    def __init__(self, replay_file: str | Path, tokenizer, compute=None):
+        """`compute`: a ModelRunner to run (and overrule) at every step, or None to skip the model."""
+        self.eos, self.compute = tokenizer.eos_token_id, compute
         self.trie: dict = {}
         path = Path(replay_file)
         if not path.is_file():
@@ -48,5 +52,7 @@ class ReplayRunner:
         return next(iter(node), self.eos)
 
     def run(self, seqs: list[Sequence], num_new: list[int], sample: list[bool]) -> tuple[list[int], list[float]]:
+        if self.compute is not None:
+            self.compute.run(seqs, num_new, sample)
         tokens = [self.next_token(seq.prompt_ids + seq.output_ids) for seq, s in zip(seqs, sample) if s]
         return tokens, [0.0] * len(tokens)
