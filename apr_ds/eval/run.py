@@ -37,6 +37,7 @@ def main(args) -> int:
     from apr_ds.rollout.server_proc import ServerProcess
 
     cfg = config_from_args(args)
+    validate(cfg, args.method)
     problems = load_problems(cfg)
     out_dir = Path(cfg.eval.out_dir or Path(cfg.run_dir) / "eval")
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -56,6 +57,16 @@ def main(args) -> int:
     print_table(results)
     print(f"results: {out_dir / (args.method + args.tag)}.json")
     return 0
+
+
+def validate(cfg, method: str) -> None:
+    """Settings that cannot work, refused before any server starts."""
+    if method == "bon" and cfg.eval.n > 1 and 0.0 in cfg.eval.temperatures:
+        raise UserError("best-of-n with eval.n > 1 needs sampling: set eval.temperatures to values > 0, e.g. [1.0]")
+    if cfg.eval.n < 1 or cfg.rollout.max_context < 2 or cfg.rollout.concurrency < 1:
+        raise UserError("eval.n, rollout.concurrency must be >= 1 and rollout.max_context >= 2")
+    if any(t < 0 for t in cfg.eval.temperatures):
+        raise UserError(f"eval.temperatures must be >= 0, got {cfg.eval.temperatures}")
 
 
 def load_problems(cfg) -> list:
@@ -94,8 +105,7 @@ async def evaluate(cfg, method: str, model: str, url: str, problems: list, out_d
     from apr_ds.rollout.runtime import ProgramRunner
     from apr_ds.tasks import get_task
 
-    if method == "bon" and cfg.eval.n > 1 and 0.0 in cfg.eval.temperatures:
-        raise UserError("best-of-n with eval.n > 1 needs sampling: set eval.temperatures to values > 0, e.g. [1.0]")
+    validate(cfg, method)
     tokenizer = AutoTokenizer.from_pretrained(model)
     windows = cfg.eval.context_windows or default_windows(cfg.rollout.max_context)
     samples = cfg.eval.n if method == "bon" else 1

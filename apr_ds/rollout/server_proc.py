@@ -48,7 +48,7 @@ class ServerProcess:
         while time.time() < deadline:
             if self.proc.poll() is not None:
                 raise UserError(f"the inference server exited with code {self.proc.returncode} before it was healthy"
-                                + (f"; see {self.log_path}" if self.log_path else ""))
+                                + (f"; {self.log_path} ends with:\n{self.log_tail()}" if self.log_path else ""))
             try:
                 with urllib.request.urlopen(self.url + "/health", timeout=2) as response:
                     if response.status == 200:
@@ -58,6 +58,13 @@ class ServerProcess:
             time.sleep(0.2)
         self.stop()
         raise UserError(f"the inference server at {self.url} was not healthy after {timeout_s:.0f}s")
+
+    def log_tail(self, lines: int = 5) -> str:
+        try:
+            with open(self.log_path, "rb") as f:
+                return b"\n".join(f.read().splitlines()[-lines:]).decode(errors="replace")
+        except OSError:
+            return ""
 
     def stop(self, grace_s: float = 10.0) -> None:
         if self.proc.poll() is None:
