@@ -1,0 +1,80 @@
+"""GRPO for spawn/join programs (apr-reference §4), with decoupled-PPO off-policy correction. Pure torch.
+
+A group is G programs (rollouts) of one prompt. Program r gets reward R_r in {0, 1} from the strict
+verifier and advantage A_r = (R_r - mean(R)) / (std(R) + 1e-10), population std. Every generation call of
+every thread of program r (parent calls and children alike) is a training sequence with advantage A_r:
+one scalar outcome credits every thread, which is how parent and children are trained end to end.
+
+Per sequence s, over its generated tokens t only (prompt tokens, including inserted join text, are masked):
+    w_t     = min(exp(logp_prox - logp_behav), is_cap)        truncated importance weight (behaviour -> proximal)
+    ratio_t = exp(logp - logp_prox)
+    pg_t    = -w_t * min(ratio_t * A, clip(ratio_t, 1 - eps, 1 + eps) * A)
+    kl_t    = exp(ref - logp) - (ref - logp) - 1               k3 estimator against the frozen SFT reference
+where logp is the current policy (with gradient), logp_prox the learner's policy when this optimizer step
+began (no gradient; recomputed by the learner), and logp_behav the log-probs the inference server returned
+when it sampled the tokens, possibly several weight versions ago. This is AReaL's decoupled PPO: the clip
+acts around the proximal policy, and the stale behaviour policy only enters through the capped weight.
+
+Averaging (as APR's trainer): the clipped term is a token mean per sequence, divided by the number of
+sequences of its program; the KL term is a token mean per sequence; both are summed over sequences and
+divided by the total number of sequences in the batch:
+    loss = ( sum_s mean_t(pg) / n_seq(program of s) + beta * sum_s mean_t(kl) ) / N_sequences
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+def group_advantages(rewards: list[float], eps: float = 1e-10) -> list[float]:
+    """Group-normalised advantages with the population std (APR's trainer)."""
+    r = torch.tensor(rewards, dtype=torch.float64)
+    return ((r - r.mean()) / (r.std(unbiased=False) + eps)).tolist()
+
+
+def token_logprobs(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """log p(target_t | prefix) for logits [B, T, V] and targets [B, T]."""
+    return torch.log_softmax(logits.float(), dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+
+
+@dataclass
+class LossSettings:
+    clip_eps: float = 0.2
+    beta: float = 0.0
+    is_cap: float = 2.0
+
+
+def grpo_loss(logp: torch.Tensor, logp_prox: torch.Tensor, logp_behav: torch.Tensor, ref_logp: torch.Tensor | None,
+              mask: torch.Tensor, advantages: torch.Tensor, seqs_in_program: torch.Tensor, num_sequences: int,
+              settings: LossSettings) -> tuple[torch.Tensor, dict]:
+    """All per-token tensors are [B, T] aligned to the predicted tokens; `mask` is 1 on generated tokens.
+    `advantages` and `seqs_in_program` are [B]. `num_sequences` is the batch's total over all micro-batches
+    and ranks, so summing micro-batch losses gives the batch loss. Returns (loss, statistics)."""
+    mask = mask.float()
+    tokens = mask.sum(-1).clamp(min=1.0)
+    weight = torch.exp(logp_prox - logp_behav).clamp(max=settings.is_cap).detach()
+    ratio = torch.exp(logp - logp_prox)
+    adv = advantages[:, None].to(logp.dtype)
+    unclipped, clipped = ratio * adv, ratio.clamp(1 - settings.clip_eps, 1 + settings.clip_eps) * adv
+    pg = -weight * torch.minimum(unclipped, clipped)
+    pg_seq = (pg * mask).sum(-1) / tokens / seqs_in_program.to(logp.dtype)
+    loss = pg_seq.sum()
+    kl_seq = torch.zeros_like(pg_seq)
+    if ref_logp is not None:
+        diff = ref_logp - logp
+        kl_seq = ((torch.exp(diff) - diff - 1) * mask).sum(-1) / tokens
+        if settings.beta:
+            loss = loss + settings.beta * kl_seq.sum()
+    n = mask.sum().clamp(min=1.0)
+    with torch.no_grad():
+        stats = {
+            "clip_fraction": float(((unclipped != clipped).float() * mask).sum() / n),
+            "kl": float(kl_seq.mean()) if ref_logp is not None else 0.0,
+            "is_weight": float((weight * mask).sum() / n),
+            "is_capped_fraction": float(((torch.exp(logp_prox - logp_behav) > settings.is_cap).float() * mask).sum() / n),
+            "behaviour_mismatch": float(((logp_prox - logp_behav).abs() * mask).sum() / n),
+            "tokens": float(mask.sum()),
+        }
+    return loss / num_sequences, stats

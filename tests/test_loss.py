@@ -1,0 +1,75 @@
+import math
+
+import pytest
+import torch
+
+from apr_ds.learner.loss import LossSettings, group_advantages, grpo_loss, token_logprobs
+
+
+def test_group_advantages_population_std():
+    adv = group_advantages([1, 0, 0, 0, 1])
+    mean, std = 0.4, math.sqrt(0.24)
+    assert adv == pytest.approx([(1 - mean) / std, -mean / std, -mean / std, -mean / std, (1 - mean) / std])
+    assert group_advantages([1, 1, 1]) == [0.0, 0.0, 0.0]  # no signal from a uniform group
+
+
+def _batch(adv, logp=None, prox=None, behav=None, ref=None, mask=None):
+    logp = torch.tensor(logp or [[-1.0, -2.0, -0.5]], requires_grad=True)
+    prox = torch.tensor(prox or [[-1.0, -2.0, -0.5]])
+    behav = torch.tensor(behav or [[-1.0, -2.0, -0.5]])
+    ref = None if ref is None else torch.tensor(ref)
+    mask = torch.tensor(mask or [[0.0, 1.0, 1.0]])
+    return logp, prox, behav, ref, mask, torch.tensor(adv)
+
+
+def test_on_policy_loss_is_minus_advantage_and_masks_the_prompt():
+    logp, prox, behav, ref, mask, adv = _batch([2.0])
+    loss, stats = grpo_loss(logp, prox, behav, ref, mask, adv, torch.tensor([1.0]), 1, LossSettings())
+    assert abs(loss.item() + 2.0) < 1e-6  # ratio 1, weight 1: -A
+    loss.backward()
+    assert logp.grad[0, 0] == 0  # prompt token: no gradient
+    assert torch.allclose(logp.grad[0, 1:], torch.tensor([-1.0, -1.0]))  # -A * ratio / tokens
+    assert stats["clip_fraction"] == 0 and stats["is_weight"] == 1.0 and stats["tokens"] == 2
+
+
+def test_clipping_stops_the_gradient_beyond_the_trust_region():
+    logp, prox, behav, ref, mask, adv = _batch([1.0], logp=[[-1.0, -1.0, -1.0]], prox=[[-1.0, -1.5, -1.5]],
+                                               behav=[[-1.0, -1.5, -1.5]])
+    loss, stats = grpo_loss(logp, prox, behav, ref, mask, adv, torch.tensor([1.0]), 1, LossSettings(clip_eps=0.2))
+    loss.backward()
+    assert stats["clip_fraction"] == 1.0
+    assert torch.all(logp.grad == 0)  # ratio e^0.5 > 1.2 with A > 0: clipped, no gradient
+
+
+def test_stale_behaviour_is_weighted_and_capped():
+    logp, prox, behav, ref, mask, adv = _batch([1.0], behav=[[-1.0, -5.0, -0.5]])
+    loss, stats = grpo_loss(logp, prox, behav, ref, mask, adv, torch.tensor([1.0]), 1, LossSettings(is_cap=2.0))
+    # token 1: weight min(e^3, 2) = 2; token 2: weight 1
+    assert abs(loss.item() + (2.0 + 1.0) / 2) < 1e-6
+    assert stats["is_capped_fraction"] == 0.5 and abs(stats["behaviour_mismatch"] - 1.5) < 1e-6
+
+
+def test_k3_kl_against_the_reference():
+    logp, prox, behav, _, mask, adv = _batch([0.0])
+    ref = [[-1.0, -1.0, -0.5]]
+    loss, stats = grpo_loss(logp, prox, behav, torch.tensor(ref), mask, adv, torch.tensor([1.0]), 1, LossSettings(beta=0.1))
+    kl = (math.exp(1.0) - 1.0 - 1) / 2  # token 1: ref - logp = 1; token 2: 0
+    assert abs(stats["kl"] - kl) < 1e-6 and abs(loss.item() - 0.1 * kl) < 1e-6
+
+
+def test_sequences_of_one_program_share_its_weight():
+    """A program with two sequences contributes as much policy-gradient as a program with one."""
+    logp = torch.full((3, 2), -1.0, requires_grad=True)
+    same = torch.full((3, 2), -1.0)
+    mask = torch.ones(3, 2)
+    adv = torch.tensor([1.0, 1.0, 1.0])
+    seqs_in_program = torch.tensor([1.0, 2.0, 2.0])  # program A: seq 0; program B: seqs 1, 2
+    loss, _ = grpo_loss(logp, same, same, None, mask, adv, seqs_in_program, 3, LossSettings())
+    assert abs(loss.item() + (1.0 + 0.5 + 0.5) / 3) < 1e-6
+
+
+def test_token_logprobs_match_log_softmax():
+    logits = torch.randn(2, 4, 7)
+    targets = torch.randint(0, 7, (2, 4))
+    expected = torch.log_softmax(logits, -1)[torch.arange(2)[:, None], torch.arange(4)[None, :], targets]
+    assert torch.allclose(token_logprobs(logits, targets), expected)
