@@ -11,6 +11,7 @@ that is exactly the log-softmax of a plain forward pass. (SGLang returns the sam
 from __future__ import annotations
 
 import torch
+from torch.nn.utils.rnn import pad_sequence
 
 from apr_ds.engine.kv_pool import KVPool
 from apr_ds.engine.llama import Batch, LlamaForCausalLM
@@ -51,9 +52,7 @@ class ModelRunner:
         first_of_seq = torch.cumsum(new_counts, 0) - new_counts
         offset_in_seq = torch.arange(len(ids)) - first_of_seq[seq_of]
         positions = start_t[seq_of] + offset_in_seq
-        context_slots = torch.zeros(len(seqs), k_max, dtype=torch.long)
-        for row, seq in enumerate(seqs):
-            context_slots[row, :seq.num_kv] = seq.kv_slots
+        context_slots = pad_sequence([seq.kv_slots for seq in seqs], batch_first=True)  # 0 = the padding slot
         write_slots = context_slots[seq_of, positions]
         # query i of sequence b sits at position starts[b] + i and may see keys 0..starts[b] + i
         query_pos = start_t[:, None] + torch.arange(q_max)[None, :]

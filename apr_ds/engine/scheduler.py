@@ -96,8 +96,13 @@ class Scheduler:
         return (seqs, num_new) if seqs else None
 
     def _schedule_decode(self) -> tuple[list[Sequence], list[int]]:
+        slots = self._alloc(len(self.running))  # the common case: one slot for everyone, in one go
+        if slots is not None:
+            for seq, slot in zip(self.running, slots):
+                seq.append_slots(slot[None])
+            return list(self.running), [1] * len(self.running)
         seqs = []
-        for seq in list(self.running):  # oldest first; the newest are retracted first
+        for seq in list(self.running):  # short of memory: oldest first; the newest are retracted first
             if seq.status != "running":
                 continue
             slot = self._alloc(1)
