@@ -206,3 +206,22 @@ def test_memory_pressure_retracts_requests_and_outputs_are_unchanged(model_dir, 
         tight.shutdown()
     assert retractions[0] > 0
     assert [s.output_ids for s in squeezed] == [s.output_ids for s in roomy]
+
+
+def test_engine_settings_that_cannot_work_are_user_errors(model_dir):
+    from apr_ds.errors import UserError
+    with pytest.raises(UserError, match="kv_cache_tokens"):
+        Engine(model_dir[0], EngineConfig(kv_cache_tokens=100))  # less than one 256-token context
+    with pytest.raises(UserError, match="max_position_embeddings"):
+        Engine(model_dir[0], EngineConfig(max_model_len=10_000))
+
+
+def test_serve_cli_reports_bad_arguments_without_a_traceback(apr_ds_cli, tmp_path):
+    import subprocess
+
+    from engine_fixtures import ENV
+    for args, message in ((["--model", str(tmp_path)], "no config.json"),
+                          (["--model", str(tmp_path), "task.seed=3"], "engine.* overrides only"),
+                          (["--model", str(tmp_path), "engine.kv_cache_token=5"], "did you mean")):
+        result = subprocess.run(apr_ds_cli + ["serve", *args], env=ENV, capture_output=True, text=True, timeout=120)
+        assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr

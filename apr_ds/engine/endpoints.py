@@ -78,7 +78,7 @@ class Handlers:
         futures, seqs = [], []
         for item in req.items:
             future = loop.create_future()
-            done = lambda seq, f=future: loop.call_soon_threadsafe(_resolve, f, seq)  # noqa: E731
+            done = lambda seq, f=future: _deliver(loop, f, seq)  # noqa: E731
             seq = self.engine.new_sequence(item.prompt_ids, item.params, req.return_logprob, item.rid, done)
             futures.append(future)
             seqs.append(seq)
@@ -228,6 +228,14 @@ class Handlers:
             log.exception("weight operation failed")
             success, message = False, f"{type(e).__name__}: {e}"
         return web.json_response({"success": success, "message": message}, status=200 if success else 400)
+
+
+def _deliver(loop: asyncio.AbstractEventLoop, future: asyncio.Future, seq) -> None:
+    """Hand a finished sequence from the engine thread to the waiting handler."""
+    try:
+        loop.call_soon_threadsafe(_resolve, future, seq)
+    except RuntimeError:  # the loop is closed: the server is shutting down and nobody waits any more
+        pass
 
 
 def _resolve(future: asyncio.Future, seq) -> None:

@@ -39,15 +39,15 @@ def main(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from apr_ds.config import load_config
-    from apr_ds.engine.engine import Engine
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     bad = [o for o in args.overrides if not o.startswith("engine.")]
     if bad:
         raise UserError(f"apr-ds serve takes engine.* overrides only, got {bad}")
     config = load_config(None, args.overrides).engine
-    if not Path(args.model).is_dir():
-        raise UserError(f"--model {args.model!r} is not a directory")
+    if not (Path(args.model) / "config.json").is_file():
+        raise UserError(f"--model {args.model!r} is not a Hugging Face model directory (no config.json)")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    from apr_ds.engine.engine import Engine  # torch and transformers: only once the arguments are fine
     engine = Engine(args.model, config).start()
     try:
         print(f"apr-ds serve: {args.model} on http://{args.host}:{args.port}", flush=True)
