@@ -130,3 +130,43 @@ def _common(a, b):
     while n < min(len(a), len(b)) and a[n] == b[n]:
         n += 1
     return n
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.sets(st.integers(0, 5), min_size=1), min_size=1, max_size=12), st.data())
+def test_decode_slab_rows_always_mirror_the_pool(batches, data):
+    """Through joins, leaves (row compaction), growth and retraction, each slab row holds exactly the
+    pool KV of its sequence's context, and decode steps append in place."""
+    from apr_ds.engine.decode_slab import DecodeSlab
+    from apr_ds.engine.sequence import SamplingParams, Sequence
+
+    pool = make_pool(400)
+    pool.k.normal_()
+    pool.v.normal_()
+    slab = DecodeSlab(pool)
+    seqs = [Sequence(str(i), [1] * (i + 1), SamplingParams(), 100) for i in range(6)]
+    for seq in seqs:  # a context of i + 1 tokens plus the slot of the token about to be fed
+        seq.append_slots(pool.alloc(seq.num_tokens + 1))
+    for members in batches:
+        batch = [seqs[i] for i in sorted(members)]
+        if data.draw(st.booleans()):  # a retraction: KV dropped and recomputed into new slots
+            victim = data.draw(st.sampled_from(batch))
+            n = victim.num_kv
+            pool.release(victim.drop_slots())
+            victim.append_slots(pool.alloc(n))
+            pool.k[:, victim.kv_slots] = torch.randn(1, n, 1, 2)
+        rows = slab.arrange(batch)
+        assert set(rows) == set(batch)
+        for row, seq in enumerate(rows):
+            context = seq.kv_slots[:seq.num_kv - 1]
+            assert torch.equal(slab.k[:, row, :len(context)], pool.k[:, context])
+            assert torch.equal(slab.v[:, row, :len(context)], pool.v[:, context])
+        for row, seq in enumerate(rows):  # the decode step: the new token's KV goes to the pool and the slab
+            new = torch.randn(1, 1, 2)
+            pool.k[0, seq.kv_slots[-1]] = new
+            slab.k[0, row, seq.num_kv - 1] = new
+            pool.v[0, seq.kv_slots[-1]] = new
+            slab.v[0, row, seq.num_kv - 1] = new
+        slab.advance()
+        for seq in batch:  # the slot of the next token
+            seq.append_slots(pool.alloc(1))

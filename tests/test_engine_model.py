@@ -160,7 +160,7 @@ def test_top_k_1_and_a_tiny_top_p_sample_the_greedy_token(engine):
     assert greedy.output_ids == top_k.output_ids == top_p.output_ids
 
 
-def test_requests_share_forward_passes_and_join_and_leave_at_every_step(engine):
+def test_requests_share_forward_passes_and_join_and_leave_at_every_step(model_dir, engine):
     steps, original_run = [], engine.runner.run
 
     def recording_run(seqs, num_new, sample):
@@ -186,6 +186,9 @@ def test_requests_share_forward_passes_and_join_and_leave_at_every_step(engine):
     assert any({"long", "late"} <= s for s in steps)  # "late" joined a running batch
     assert any("long" in s and "short" not in s and "late" not in s for s in steps[-30:])  # both left before "long"
     assert long.finish_reason()["type"] == "length" and len(long.output_ids) == 60
+    _, hf = model_dir  # rows joined, left and were compacted in the decode slab: outputs must not notice
+    for seq in (long, short, late, others[0], others[-1]):
+        assert seq.output_ids == hf_greedy(hf, seq.prompt_ids, seq.max_new_tokens)
 
 
 def test_memory_pressure_retracts_requests_and_outputs_are_unchanged(model_dir, engine):

@@ -7,8 +7,8 @@ float32, RoPE tables computed the same way, SDPA attention.
 
 The tokens of all sequences in a step are packed into one [N] vector, so every linear layer runs
 once per step for the whole batch. Only attention needs per-sequence structure: queries are padded
-to [B, Qmax], each sequence's context KV is gathered from the pool into [B, Kmax], and a mask hides
-padding and future positions (see `Batch`).
+to [B, Qmax], each sequence's context KV is gathered from the pool into [B, Kmax] (prefill) or read
+in place from the decode slab (decode_slab.py), and a mask hides padding and future positions.
 """
 
 from __future__ import annotations
@@ -31,10 +31,11 @@ class Batch:
     input_ids: torch.Tensor   # [N] new tokens of all sequences, packed
     positions: torch.Tensor   # [N]
     write_slots: torch.Tensor  # [N] KV slot of each new token
-    context_slots: torch.Tensor  # [B, Kmax] KV slots of each sequence's whole context, 0-padded
+    context_slots: torch.Tensor | None  # [B, Kmax] KV slots of each context, 0-padded; None: read the decode slab
     mask: torch.Tensor        # [B, 1, Qmax, Kmax] True where a query may attend
     query_index: torch.Tensor | None  # [N] position of each packed token in the [B*Qmax] padded layout; None if Qmax == 1
     last_index: torch.Tensor  # [B] packed index of each sequence's last new token (its logits are sampled)
+    slab_positions: torch.Tensor | None = None  # [B] decode only: where row b's new token goes in the slab
 
 
 class RMSNorm(nn.Module):
@@ -61,7 +62,8 @@ class Attention(nn.Module):
         self.v_proj = nn.Linear(cfg.hidden_size, self.num_kv_heads * self.head_dim, bias=bias)
         self.o_proj = nn.Linear(self.num_heads * self.head_dim, cfg.hidden_size, bias=bias)
 
-    def forward(self, x, cos, sin, batch: Batch, k_cache: torch.Tensor, v_cache: torch.Tensor):
+    def forward(self, x, cos, sin, batch: Batch, k_cache: torch.Tensor, v_cache: torch.Tensor,
+                k_slab: torch.Tensor | None, v_slab: torch.Tensor | None):
         n = x.shape[0]
         q = apply_rope(self.q_proj(x).view(n, self.num_heads, self.head_dim), cos, sin)
         k = apply_rope(self.k_proj(x).view(n, self.num_kv_heads, self.head_dim), cos, sin)
@@ -78,9 +80,16 @@ class Attention(nn.Module):
             q_pad = q.new_zeros(num_seqs * q_max, self.num_heads, self.head_dim)
             q_pad[batch.query_index] = q
             q_pad = q_pad.view(num_seqs, q_max, self.num_heads, self.head_dim)
-        context = batch.context_slots.flatten()
-        keys = k_rows.index_select(0, context).view(num_seqs, -1, self.num_kv_heads, self.head_dim).transpose(1, 2)
-        values = v_rows.index_select(0, context).view(num_seqs, -1, self.num_kv_heads, self.head_dim).transpose(1, 2)
+        if k_slab is not None:  # decode: contexts are contiguous in the slab; append the new token in place
+            rows = torch.arange(num_seqs)
+            k_slab[rows, batch.slab_positions] = k
+            v_slab[rows, batch.slab_positions] = v
+            k_max = batch.mask.shape[-1]
+            keys, values = k_slab[:num_seqs, :k_max].transpose(1, 2), v_slab[:num_seqs, :k_max].transpose(1, 2)
+        else:  # gather each context from the pool
+            context = batch.context_slots.flatten()
+            keys = k_rows.index_select(0, context).view(num_seqs, -1, self.num_kv_heads, self.head_dim).transpose(1, 2)
+            values = v_rows.index_select(0, context).view(num_seqs, -1, self.num_kv_heads, self.head_dim).transpose(1, 2)
         out = F.scaled_dot_product_attention(q_pad.transpose(1, 2), keys, values, attn_mask=batch.mask,
                                              enable_gqa=self.num_kv_heads != self.num_heads)
         out = out.transpose(1, 2).reshape(num_seqs * q_max, self.num_heads * self.head_dim)
@@ -125,12 +134,15 @@ class LlamaForCausalLM(nn.Module):
         self.register_buffer("rope_cos", cos, persistent=False)
         self.register_buffer("rope_sin", sin, persistent=False)
 
-    def forward(self, batch: Batch, k_pool: torch.Tensor, v_pool: torch.Tensor) -> torch.Tensor:
-        """Logits [B, vocab] at each sequence's last new token; writes the new tokens' KV into the pool."""
+    def forward(self, batch: Batch, k_pool: torch.Tensor, v_pool: torch.Tensor,
+                k_slab: torch.Tensor | None = None, v_slab: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits [B, vocab] at each sequence's last new token; writes the new tokens' KV into the pool
+        (and into the decode slab when one is given)."""
         x = self.model.embed_tokens(batch.input_ids)
         cos, sin = self.rope_cos[batch.positions].to(x.dtype), self.rope_sin[batch.positions].to(x.dtype)
         for i, layer in enumerate(self.model.layers):
-            x = x + layer.self_attn(layer.input_layernorm(x), cos, sin, batch, k_pool[i], v_pool[i])
+            slab = (k_slab[i], v_slab[i]) if k_slab is not None else (None, None)
+            x = x + layer.self_attn(layer.input_layernorm(x), cos, sin, batch, k_pool[i], v_pool[i], *slab)
             x = x + layer.mlp(layer.post_attention_layernorm(x))
         x = self.model.norm(x[batch.last_index])
         return self.lm_head(x)

@@ -1,7 +1,8 @@
 """One forward step over a ragged batch of sequences, then sampling: token ids and their log-probs.
 
 The scheduler decides which sequences run and has already given each the KV slots of its new
-tokens; the runner turns that into tensors (`llama.Batch`), runs the model, and samples.
+tokens; the runner turns that into tensors (`llama.Batch`), runs the model, and samples. Prefill
+steps gather each context from the KV pool; decode steps read it from the decode slab.
 
 Log-probs are those of the distribution the token was drawn from before top-p/top-k truncation:
 log_softmax(logits / temperature), and log_softmax(logits) for greedy requests. At temperature 1
@@ -13,6 +14,7 @@ from __future__ import annotations
 import torch
 from torch.nn.utils.rnn import pad_sequence
 
+from apr_ds.engine.decode_slab import DecodeSlab
 from apr_ds.engine.kv_pool import KVPool
 from apr_ds.engine.llama import Batch, LlamaForCausalLM
 from apr_ds.engine.sequence import Sequence
@@ -22,20 +24,28 @@ class ModelRunner:
     def __init__(self, model: LlamaForCausalLM, pool: KVPool, seed: int = 0):
         self.model = model
         self.pool = pool
+        self.slab = DecodeSlab(pool)
         self.generator = torch.Generator().manual_seed(seed)
 
     @torch.inference_mode()
     def run(self, seqs: list[Sequence], num_new: list[int], sample: list[bool]) -> tuple[list[int], list[float]]:
         """Compute KV for the last `num_new[i]` tokens of each sequence's context (`seq.num_kv` already
         counts them) and sample the next token of the sequences with `sample[i]` set."""
-        batch = self.prepare(seqs, num_new)
-        logits = self.model(batch, self.pool.k, self.pool.v)
+        if all(n == 1 for n in num_new):  # decode: contexts are read in place from the slab, in its row order
+            rows = self.slab.arrange(seqs)
+            batch = self.prepare(rows, [1] * len(rows), use_slab=True)
+            logits = self.model(batch, self.pool.k, self.pool.v, self.slab.k, self.slab.v)
+            self.slab.advance()
+            row_of = {seq: row for row, seq in enumerate(rows)}
+            logits = logits[[row_of[seq] for seq in seqs]]
+        else:
+            logits = self.model(self.prepare(seqs, num_new, use_slab=False), self.pool.k, self.pool.v)
         picked = [i for i, s in enumerate(sample) if s]
         if not picked:
             return [], []
         return self.sample(logits[picked].float(), [seqs[i] for i in picked])
 
-    def prepare(self, seqs: list[Sequence], num_new: list[int]) -> Batch:
+    def prepare(self, seqs: list[Sequence], num_new: list[int], use_slab: bool) -> Batch:
         context_lens = [seq.num_kv for seq in seqs]
         starts = [ctx - n for ctx, n in zip(context_lens, num_new)]
         q_max, k_max = max(num_new), max(context_lens)
@@ -51,20 +61,18 @@ class ModelRunner:
         seq_of = torch.repeat_interleave(torch.arange(len(seqs)), new_counts)
         first_of_seq = torch.cumsum(new_counts, 0) - new_counts
         offset_in_seq = torch.arange(len(ids)) - first_of_seq[seq_of]
-        positions = start_t[seq_of] + offset_in_seq
-        context_slots = pad_sequence([seq.kv_slots for seq in seqs], batch_first=True)  # 0 = the padding slot
-        write_slots = context_slots[seq_of, positions]
         # query i of sequence b sits at position starts[b] + i and may see keys 0..starts[b] + i
         query_pos = start_t[:, None] + torch.arange(q_max)[None, :]
         mask = torch.arange(k_max)[None, None, :] <= query_pos[:, :, None]
         return Batch(
             input_ids=torch.tensor(ids, dtype=torch.long),
-            positions=positions,
-            write_slots=write_slots,
-            context_slots=context_slots,
+            positions=start_t[seq_of] + offset_in_seq,
+            write_slots=torch.cat([seq.slots[start:ctx] for seq, start, ctx in zip(seqs, starts, context_lens)]),
+            context_slots=None if use_slab else pad_sequence([s.kv_slots for s in seqs], batch_first=True),  # 0 pads
             mask=mask.unsqueeze(1),
             query_index=None if q_max == 1 else seq_of * q_max + offset_in_seq,
             last_index=first_of_seq + new_counts - 1,
+            slab_positions=start_t if use_slab else None,
         )
 
     def sample(self, logits: torch.Tensor, seqs: list[Sequence]) -> tuple[list[int], list[float]]:

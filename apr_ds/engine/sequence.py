@@ -63,6 +63,8 @@ class Sequence:
     """Tokens whose KV came from the prefix cache instead of being computed, summed over prefills."""
     num_kv: int = 0
     kv_generation: int = -1
+    kv_epoch: int = 0
+    """Counts how often the KV was dropped (retraction); copies of it elsewhere are stale when it changed."""
     """Weight generation the KV was computed with; KV of another generation never enters the cache."""
     weight_version: str = ""
     arrival_time: float = field(default_factory=time.perf_counter)
@@ -120,6 +122,7 @@ class Sequence:
         """Forget all slots and return them, so the caller can cache or release them."""
         slots = self.kv_slots.clone()
         self.num_kv = 0
+        self.kv_epoch += 1
         return slots
 
     # ------------------------------------------------------------------ outcome
