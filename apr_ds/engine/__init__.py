@@ -8,6 +8,7 @@ One file per concern (a request's path through them, in order):
     engine.py       model + pool + scheduler on one dedicated thread (submit / call)
     scheduler.py    continuous batching: waiting/running, prefill then decode, retraction
     prefix_cache.py radix tree over token ids, LRU eviction
+    decode_slab.py  running contexts kept contiguous between decode steps (no per-step gather)
     kv_pool.py      KV storage by slot and a reference-counted slot allocator
     runner.py       one forward pass over a ragged batch, then sampling (token ids + log-probs)
     llama.py        the Llama forward with a paged KV cache; loads HF checkpoints
