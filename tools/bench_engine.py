@@ -141,7 +141,7 @@ def decode_breakdown(model_dir: str, prompt, args) -> dict:
     runner.prepare, runner.sample = timed("prepare batch", runner.prepare), timed("sampling", runner.sample)
     runner.run = timed("runner", runner.run)
     for layer in model.model.layers:
-        layer.self_attn.forward = timed("attention (qkv, rope, KV gather, sdpa, o_proj)", layer.self_attn.forward)
+        layer.self_attn.forward = timed("attention (qkv, rope, KV writes, sdpa, o_proj)", layer.self_attn.forward)
         layer.mlp.forward = timed("mlp", layer.mlp.forward)
     report = {}
     for batch in (1, 64):

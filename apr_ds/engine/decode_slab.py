@@ -81,10 +81,16 @@ class DecodeSlab:
             return
         layers, _, heads, dim = self.pool.k.shape
         old_rows, old_len = (0, 0) if self.k is None else self.k.shape[1:3]
-        shape = (layers, max(num_rows, 2 * old_rows), max(length, 2 * old_len, 64), heads, dim)
-        # zeros: positions past a row's length are masked, and must not hold NaN garbage
-        k, v = torch.zeros(shape, dtype=self.pool.k.dtype), torch.zeros(shape, dtype=self.pool.v.dtype)
-        if self.k is not None:
-            k[:, :old_rows, :old_len] = self.k
-            v[:, :old_rows, :old_len] = self.v
-        self.k, self.v = k, v
+        rows = old_rows if num_rows <= old_rows else max(num_rows, 2 * old_rows)  # grow only what is short
+        length = old_len if length <= old_len else max(length, 2 * old_len, 64)
+        shape = (layers, rows, length, heads, dim)
+        grown = []
+        for old in (self.k, self.v):
+            new = torch.empty(shape, dtype=self.pool.k.dtype)
+            # positions past a row's length are masked, but must not hold NaN garbage: zero what is not copied
+            new[:, old_rows:].zero_()
+            new[:, :old_rows, old_len:].zero_()
+            if old is not None:
+                new[:, :old_rows, :old_len] = old
+            grown.append(new)
+        self.k, self.v = grown

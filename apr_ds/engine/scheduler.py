@@ -8,8 +8,9 @@ newest running sequence is retracted to the front of the queue (its KV stays in 
 so resuming it is cheap).
 
 A finished sequence's newest token has no KV yet. So that a parent resuming with prompt + output +
-join text hits the cache for its whole context, finished sequences ride along in the next step as
-one extra row whose logits are ignored, and are cached after it.
+join text hits the cache for its whole context, a finished sequence rides along in the next step as
+one extra row whose logits are ignored, is cached after it, and only then answered: a follow-up
+request, sent after the answer, always finds the whole context cached.
 
 Everything here runs on the engine thread (engine.py); nothing is locked.
 """
@@ -59,7 +60,7 @@ class Scheduler:
             return
         tokens, logprobs = self.runner.run(seqs + tails, num_new + [1] * len(tails), samples)
         for seq in tails:
-            self._cache_and_release(seq)
+            self._retire(seq)
         if prefill and self.cache is not None:
             for seq in seqs:  # cache prompts now, so identical prompts arriving later share them
                 self.cache.insert(seq.all_ids[:seq.num_kv], seq.kv_slots)
@@ -123,7 +124,7 @@ class Scheduler:
         for seq in tails:
             slot = self._alloc(1)
             if slot is None:
-                self._cache_and_release(seq)  # no room: cache without the newest token
+                self._retire(seq)  # no room: cache without the newest token
             else:
                 seq.append_slots(slot)
                 ready.append(seq)
@@ -163,11 +164,21 @@ class Scheduler:
         seq.weight_version = self.weight_version
         needs_tail = finish_type != "abort" and self.cache is not None and seq.num_kv < seq.num_tokens
         if needs_tail and seq.kv_generation == self.generation:
-            self.finishing.append(seq)
+            self.finishing.append(seq)  # answered after the next step (_retire)
         else:
-            self._cache_and_release(seq)
+            self._retire(seq)
+
+    def _retire(self, seq: Sequence) -> None:
+        """A finished sequence leaves for good: cache its KV, release it, answer the caller."""
+        self._cache_and_release(seq)
         if seq.on_finish is not None:
             seq.on_finish(seq)
+
+    def _retire_finishing(self) -> None:
+        """Answer finished sequences now, without computing their newest token's KV."""
+        finishing, self.finishing = self.finishing, []
+        for seq in finishing:
+            self._retire(seq)
 
     def _cache_and_release(self, seq: Sequence) -> None:
         slots = seq.drop_slots()
@@ -192,6 +203,7 @@ class Scheduler:
         victims = list(self.waiting) + list(self.running)
         for seq in victims:
             self.abort(seq, message)
+        self._retire_finishing()  # already finished: answered as they are
         return len(victims)
 
     def pause(self, mode: str) -> None:
@@ -202,10 +214,7 @@ class Scheduler:
         elif mode == "retract":
             for seq in reversed(list(self.running)):
                 self.retract(seq)
-        if mode in ("abort", "retract"):
-            for seq in self.finishing:
-                self._cache_and_release(seq)
-            self.finishing = []
+        self._retire_finishing()  # finished requests are answered now, not after the pause
         self.paused = True
 
     def resume(self) -> None:
@@ -217,9 +226,7 @@ class Scheduler:
         retracted requests hold none, so pause(retract) then flush works."""
         if self.running:
             return False
-        for seq in self.finishing:
-            self._cache_and_release(seq)
-        self.finishing = []
+        self._retire_finishing()
         if self.cache is not None:
             self.cache.reset()
         return True
@@ -229,9 +236,7 @@ class Scheduler:
         self.generation += 1
         if version is not None:
             self.weight_version = str(version)
-        for seq in self.finishing:
-            self._cache_and_release(seq)
-        self.finishing = []
+        self._retire_finishing()
         if self.cache is not None:
             self.cache.reset()
 
