@@ -200,3 +200,18 @@ def test_update_weights_from_disk_changes_outputs_and_weight_version(url, model,
     assert after.output_ids == expected
     assert torch.equal(torch.tensor(norm), other.model.norm.weight)
     assert refused == 400
+
+
+def test_a_resumed_parent_hits_its_whole_context_over_http(url):
+    """The answer comes only after the last token's KV is cached, so an immediate follow-up never races it."""
+    async def main():
+        async with client(url) as c:
+            hits = []
+            for i in range(3):
+                prompt = [1] + list(range(100 + 50 * i, 140 + 50 * i))
+                parent = await c.generate_tokens(prompt, {"max_new_tokens": 12, **GREEDY})
+                resumed = await c.generate_tokens(prompt + parent.output_ids + [7, 8, 9], {"max_new_tokens": 2})
+                hits.append((resumed.cached_tokens, len(prompt) + len(parent.output_ids)))
+            return hits
+    for cached, context in run(main()):
+        assert cached == context
