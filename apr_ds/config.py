@@ -238,6 +238,61 @@ class EvalConfig:
 
 
 @dataclass
+class RLConfig:
+    """`apr-ds rl`: GRPO on spawn/join programs with ZeRO-3 learner ranks and separate rollout ranks (apr-reference §4)."""
+
+    init_model: str = ""
+    """The SFT model (a Hugging Face directory) RL starts from and the KL reference; empty = {run_dir}/sft/{method}/hf."""
+    method: str = "apr"
+    """`apr` (spawn/join programs) or `sosp` (one sequential thread)."""
+    learner_ranks: int = 1
+    """MPI ranks 0..learner_ranks-1 train (DeepSpeed ZeRO-3 among themselves)."""
+    rollout_ranks: int = 1
+    """The remaining ranks each drive one inference server."""
+    steps: int = 150
+    prompts_per_step: int = 64
+    """Groups (prompts) per optimizer step, split evenly over rollout ranks."""
+    group_size: int = 5
+    """Programs sampled per prompt (G); the advantage is normalised within a group."""
+    temperature: float = 1.0
+    lr: float = 1e-5
+    weight_decay: float = 0.0
+    clip_eps: float = 0.2
+    beta: float = 0.001
+    """k3 KL weight against the frozen SFT model (APR 0.001, SoS+ 0.01); 0 skips the reference model."""
+    is_cap: float = 2.0
+    """Cap of the behaviour->proximal importance weight (decoupled PPO)."""
+    ppo_epochs: int = 2
+    """Optimizer steps on each batch (APR: 2 full-batch steps)."""
+    micro_batch: int = 4
+    """Sequences per forward/backward on a learner rank."""
+    grad_clip: float = 1.0
+    max_staleness: int = 1
+    """eta: a program sampled with weight version v is used by learner step >= v only while step - v <= eta;
+    older ones are dropped and counted. 0 = synchronous (on the same code path)."""
+    ds_config: str = "zero3_cpu.json"
+    precision: str = "fp32"
+    bucket_mb: int = 32
+    """Weight-sync bucket size: parameters gathered and broadcast together."""
+    server: str = "ours"
+    """`ours` (apr-ds serve, CPU), `sglang` (python -m sglang.launch_server; GPU), or `url` (attach to server_urls)."""
+    server_urls: list[str] = field(default_factory=list)
+    """With server=url: one URL per rollout rank."""
+    server_args: list[str] = field(default_factory=list)
+    """Extra arguments for the server command (e.g. SGLang flags, or engine.key=value for ours)."""
+    server_threads: int = 1
+    """OMP/torch threads of each CPU server."""
+    programs_in_flight: int = 8
+    """Programs one rollout rank runs at once against its server."""
+    seed: int = 0
+    log_every: int = 1
+    save_every: int = 10
+    keep_last: int = 2
+    timeout_s: float = 600.0
+    """Collective and message timeout: a rank silent this long ends the job with a message."""
+
+
+@dataclass
 class Config:
     """One run. Sections group the settings of each stage."""
 
@@ -251,6 +306,7 @@ class Config:
     engine: EngineConfig = field(default_factory=EngineConfig)
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    rl: RLConfig = field(default_factory=RLConfig)
 
 
 # ---------------------------------------------------------------------------- loading

@@ -27,12 +27,30 @@ def free_port(host: str = "127.0.0.1") -> int:
         return sock.getsockname()[1]
 
 
+def _die_with_parent() -> None:
+    """Linux: the server gets SIGTERM if its owner dies without stopping it (e.g. an MPI abort kills the rank)."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
 class ServerProcess:
     def __init__(self, command: list[str], url: str, log_path: str | None = None, env: dict | None = None):
         self.command, self.url, self.log_path = command, url, log_path
         self._log = open(log_path, "ab") if log_path else subprocess.DEVNULL
         self.proc = subprocess.Popen(command, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True,
-                                     env={**os.environ, **(env or {})})
+                                     env={**os.environ, **(env or {})}, preexec_fn=_die_with_parent)
+
+    @classmethod
+    def start_sglang(cls, model_dir: str, context_length: int, host: str = "127.0.0.1", port: int | None = None,
+                     log_path: str | None = None, extra_args: list[str] | None = None) -> "ServerProcess":
+        """SGLang on this node's GPUs (not runnable on CPU machines). `--context-length` is one more than the
+        per-thread limit because SGLang refuses prompt + max_new_tokens >= its context length."""
+        port = port or free_port(host)
+        command = [sys.executable, "-m", "sglang.launch_server", "--model-path", str(model_dir), "--tokenizer-path",
+                   str(model_dir), "--host", host, "--port", str(port), "--context-length", str(context_length + 1),
+                   *(extra_args or [])]
+        return cls(command, f"http://{host}:{port}", log_path)
 
     @classmethod
     def start_ours(cls, model_dir: str, host: str = "127.0.0.1", port: int | None = None, log_path: str | None = None,

@@ -1,0 +1,104 @@
+"""`apr-ds rl`: asynchronous GRPO with DeepSpeed ZeRO-3 learner ranks and separate rollout ranks.
+
+One machine (re-launches itself under the venv's mpiexec with rl.learner_ranks + rl.rollout_ranks ranks):
+    apr-ds rl --preset tiny
+    apr-ds rl --preset tiny rl.learner_ranks=2 rl.rollout_ranks=2 rl.max_staleness=0
+Any launcher that starts one MPI world runs the same entry point unchanged (roles by rank):
+    .venv/bin/mpirun -n 2 .venv/bin/python -m apr_ds.cli rl --preset tiny
+    srun --mpi=pmi2 -n 4 python -m apr_ds.cli rl --preset paper rl.learner_ranks=2 rl.rollout_ranks=2
+    deepspeed --hostfile hosts --launcher openmpi --no_local_rank --module apr_ds.cli rl --preset paper ...
+
+Reads `{run_dir}/data/problems/train.jsonl` and the SFT model (`rl.init_model`, default
+`{run_dir}/sft/{rl.method}/hf`); writes `{run_dir}/rl/`: tb/ (TensorBoard), scalars.jsonl, checkpoints/,
+server logs, hf/ (the final policy, for `apr-ds eval`). `--resume auto` continues from the newest checkpoint.
+A rank that fails ends the whole job with its message (MPI abort); every server process dies with its rank.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import traceback
+from pathlib import Path
+
+from apr_ds.errors import UserError
+
+
+def add_arguments(parser) -> None:
+    from apr_ds.cli import add_config_arguments
+    add_config_arguments(parser)
+    parser.add_argument("--resume", default="auto", help="auto (newest complete checkpoint, else fresh), none, or a path")
+
+
+def init_model_dir(cfg) -> str:
+    return cfg.rl.init_model or str(Path(cfg.run_dir) / "sft" / cfg.rl.method / "hf")
+
+
+def validate(cfg) -> None:
+    rl = cfg.rl
+    if rl.method not in ("apr", "sosp"):
+        raise UserError(f"rl.method must be apr or sosp, got {rl.method!r}")
+    model = Path(init_model_dir(cfg))
+    if not (model / "config.json").is_file():
+        raise UserError(f"no SFT model at {model} (rl.init_model); train one with `apr-ds sft sft.method={rl.method}`")
+    problems = Path(cfg.run_dir) / "data" / "problems" / "train.jsonl"
+    if not problems.is_file():
+        raise UserError(f"no training problems at {problems}; run `apr-ds data` for this run_dir")
+    if rl.group_size < 2:
+        raise UserError(f"rl.group_size must be >= 2 (advantages are normalised within a group), got {rl.group_size}")
+    if rl.prompts_per_step < rl.rollout_ranks:
+        raise UserError(f"rl.prompts_per_step={rl.prompts_per_step} gives some of the {rl.rollout_ranks} rollout ranks no work")
+    if rl.max_staleness < 0 or rl.ppo_epochs < 1 or rl.micro_batch < 1:
+        raise UserError("rl.max_staleness must be >= 0, rl.ppo_epochs and rl.micro_batch >= 1")
+
+
+def main(args) -> int:
+    from apr_ds.cli import config_from_args
+    from apr_ds.dist.roles import in_mpi_world, mpiexec_command
+
+    cfg = config_from_args(args)
+    validate(cfg)
+    if not in_mpi_world():
+        command = mpiexec_command(cfg.rl.learner_ranks + cfg.rl.rollout_ranks, sys.argv[1:])
+        env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+        print(f"apr-ds rl: starting {cfg.rl.learner_ranks} learner + {cfg.rl.rollout_ranks} rollout ranks: {' '.join(command)}",
+              flush=True)
+        proc = subprocess.Popen(command, env=env)
+        try:
+            return proc.wait()
+        except KeyboardInterrupt:
+            proc.terminate()
+            return proc.wait()
+    return run_rank(cfg, args.resume)
+
+
+def run_rank(cfg, resume: str) -> int:
+    from mpi4py import MPI
+
+    from apr_ds.dist.roles import assign_roles
+    roles = None
+    try:
+        roles = assign_roles(cfg.rl.learner_ranks, cfg.rl.rollout_ranks)
+        out = Path(cfg.run_dir) / "rl"
+        out.mkdir(parents=True, exist_ok=True)
+        if roles.is_learner:
+            from apr_ds.learner.rl import run_learner
+            run_learner(cfg, roles, init_model_dir(cfg), out, resume)
+        else:
+            from apr_ds.rollout.rank import run_rollout
+            run_rollout(cfg, roles, init_model_dir(cfg), out)
+        MPI.COMM_WORLD.Barrier()
+    except BaseException as e:  # one rank's failure ends the job, with its message, instead of hanging the others
+        who = f"rank {MPI.COMM_WORLD.Get_rank()}" + ("" if roles is None else (" (learner)" if roles.is_learner else " (rollout)"))
+        if isinstance(e, UserError):
+            print(f"apr-ds rl: {who}: error: {e}", file=sys.stderr, flush=True)
+        else:
+            print(f"apr-ds rl: {who} failed:\n{traceback.format_exc()}", file=sys.stderr, flush=True)
+        MPI.COMM_WORLD.Abort(1)
+        return 1
+    # Every rank has written and closed everything. Leave now: DeepSpeed's CPU shared-memory collective can hang
+    # in interpreter teardown on non-zero learner ranks, and the process manager then reports the job as killed.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
