@@ -290,6 +290,10 @@ class RLConfig:
     keep_last: int = 2
     timeout_s: float = 600.0
     """Collective and message timeout: a rank silent this long ends the job with a message."""
+    learner_cpus: list[int] = field(default_factory=list)
+    """Pin learner ranks to these CPU cores (empty = no pinning), as on a cluster where roles own different devices."""
+    rollout_cpus: list[int] = field(default_factory=list)
+    """Pin rollout ranks, and the servers they start, to these CPU cores."""
 
 
 @dataclass

@@ -80,6 +80,9 @@ def run_rank(cfg, resume: str) -> int:
     roles = None
     try:
         roles = assign_roles(cfg.rl.learner_ranks, cfg.rl.rollout_ranks)
+        cpus = cfg.rl.learner_cpus if roles.is_learner else cfg.rl.rollout_cpus
+        if cpus:  # children (the inference server) inherit the affinity
+            os.sched_setaffinity(0, cpus)
         out = Path(cfg.run_dir) / "rl"
         out.mkdir(parents=True, exist_ok=True)
         if roles.is_learner:

@@ -309,7 +309,11 @@ def _run(cfg, roles, model_dir, out, resume, ds_config, settings) -> dict:
             update = WeightUpdate(version, plan_metadata(plan), probes)
             for index in range(roles.num_rollouts):
                 roles.world.send(update, dest=roles.rollout_world_rank(index), tag=CONTROL)
-        sent, seen = broadcast_weights(plan, group, is_sender=rank == 0, probes=probes)
+        try:
+            sent, seen = broadcast_weights(plan, group, is_sender=rank == 0, probes=probes)
+        except RuntimeError as e:  # gloo/NCCL: a receiving server is gone
+            raise UserError(f"weight sync of version {version} failed: a server of the weight group died or left "
+                            f"({str(e).splitlines()[0]}); the last checkpoint is in {out / 'checkpoints'}") from None
         if rank == 0:
             batcher.sent_probes[version] = seen
         return {"sync/ms": 1000 * (time.perf_counter() - started), "sync/bytes": float(sent)}
@@ -317,6 +321,7 @@ def _run(cfg, roles, model_dir, out, resume, ds_config, settings) -> dict:
     if resume_path is not None:
         sync_weights()  # servers start from the SFT weights; bring them to the resumed version
     metrics: dict = {}
+    run_started = time.perf_counter()
     bar = tqdm(total=rl.steps, initial=state["step"], disable=rank != 0, desc=f"rl {rl.method}", unit="step", dynamic_ncols=True)
     for step in range(state["step"], rl.steps):
         step_started = time.perf_counter()
@@ -333,6 +338,7 @@ def _run(cfg, roles, model_dir, out, resume, ds_config, settings) -> dict:
             metrics["learner/tokens_per_s"] = metrics["learner/tokens"] / max(metrics["learner/seconds"], 1e-9)
             metrics["rollout/tokens_per_s"] = metrics["rollout/generated_tokens"] / max(time.perf_counter() - step_started, 1e-9)
             metrics["weights/version"] = float(version)
+            metrics["time/elapsed_s"] = time.perf_counter() - run_started
             if (step + 1) % rl.log_every == 0 or step + 1 == rl.steps:
                 writer.scalars(step + 1, metrics)
             bar.set_postfix(reward=f"{metrics['rollout/reward']:.3f}", stale=f"{metrics['staleness/mean']:.1f}",

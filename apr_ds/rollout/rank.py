@@ -21,6 +21,7 @@ import numpy as np
 from apr_ds.dist.messages import CONTROL, GroupHeader, ProgramStats, Setup, Stop, WeightUpdate
 from apr_ds.dist.transport import PendingSends, send_group
 from apr_ds.errors import UserError
+from apr_ds.rollout.client import ServerError
 from apr_ds.log import get_logger
 
 log = get_logger(__name__)
@@ -43,6 +44,7 @@ def start_server(cfg, rollout_index: int, model_dir: str, log_dir: Path):
             f"engine.seed={rl.seed + rollout_index}", *rl.server_args])
     else:
         raise UserError(f"rl.server must be ours, sglang or url, got {rl.server!r}")
+    (log_dir / f"server{rollout_index}.pid").write_text(f"{server.proc.pid}\n")  # for operators (and the fault tests)
     return server, server.url
 
 
@@ -139,7 +141,11 @@ class RolloutRank:
                 self.stopping = True
             for task in [t for t in self.tasks if t.done()]:
                 self.tasks.discard(task)
-                self.ship(*task.result())  # a failed program raised: let it end the job with its message
+                try:
+                    self.ship(*task.result())
+                except ServerError as e:  # programs absorb bad output; only a server that is gone gets here
+                    raise UserError(f"the inference server {self.client.base_url} stopped answering ({e}); "
+                                    f"see its log next to the run's TensorBoard folder") from None
             self.pending.poll()
             now = time.monotonic()
             if self.tasks:

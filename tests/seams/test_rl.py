@@ -1,0 +1,107 @@
+"""`apr-ds rl` for real: 2 DeepSpeed ZeRO-3 learner ranks + 2 rollout ranks (each with its own server) in one MPI
+world, started by the command itself under mpiexec. The SFT model is trained here on a 2-number Countdown, small
+enough that a ~1M model solves some problems, so rewards vary and GRPO has a signal."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+from rl_fixtures import TAGS, read_scalars, rl_command, run_rl
+
+
+def test_two_learners_two_rollout_ranks(sft_run):
+    run_dir = sft_run("apr")
+    proc = run_rl(run_dir, "rl.steps=4", "rl.max_staleness=1", "rl.save_every=2")
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    rows = read_scalars(run_dir)
+    assert [r["step"] for r in rows] == [1, 2, 3, 4]
+    assert all(r["staleness/max"] <= 1 for r in rows)  # every trajectory within eta of the learner's version
+    assert rows[-1]["weights/version"] == 4
+    # after every sync the servers' weights equal the learner's (read back through /get_weights_by_name)
+    assert rows[-1]["sync/checked_versions"] >= 2 and rows[-1]["sync/mismatched_versions"] == 0
+    assert sum(r["rollout/reward"] for r in rows) > 0
+    assert all(r["sync/bytes"] > 4e6 for r in rows)
+    # the policy moved: the exported weights differ from the SFT model's
+    from safetensors.torch import load_file
+    before = load_file(str(run_dir / "sft" / "apr" / "hf" / "model.safetensors"))
+    after = load_file(str(run_dir / "rl" / "hf" / "model.safetensors"))
+    assert before.keys() == after.keys() and any(not (before[k] == after[k]).all() for k in before)
+    # TensorBoard, read back with tensorboard's own reader
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    events = EventAccumulator(str(run_dir / "rl" / "tb"))
+    events.Reload()
+    assert set(TAGS) <= set(events.Tags()["scalars"]), set(TAGS) - set(events.Tags()["scalars"])
+    assert (run_dir / "rl" / "checkpoints" / "step_00000004" / "COMPLETE").is_file()
+    assert not _servers_of(run_dir)  # every server stopped with its rank
+
+
+def _servers_of(run_dir) -> list[int]:
+    pids = []
+    for pid_file in (run_dir / "rl").glob("server*.pid"):
+        pid = int(pid_file.read_text())
+        try:
+            state = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0]
+        except FileNotFoundError:
+            continue
+        if state != "Z":  # a zombie has exited; only its parent's wait is missing
+            pids.append(pid)
+    return pids
+
+
+def test_synchronous_mode_and_resume(sft_run):
+    """eta = 0 runs on the same code path with no staleness; a second run resumes from the checkpoint."""
+    run_dir = sft_run("apr", name="sync")
+    first = run_rl(run_dir, "rl.steps=2", "rl.max_staleness=0", "rl.save_every=1", learners=1, rollouts=1)
+    assert first.returncode == 0, first.stderr[-4000:]
+    second = run_rl(run_dir, "rl.steps=3", "rl.max_staleness=0", "rl.save_every=1", learners=1, rollouts=1)
+    assert second.returncode == 0, second.stderr[-4000:]
+    assert "resumed from" in second.stderr and "step_00000002" in second.stderr
+    rows = read_scalars(run_dir)
+    assert [r["step"] for r in rows] == [1, 2, 3]
+    assert all(r["staleness/max"] == 0 for r in rows)
+    assert rows[-1]["weights/version"] == 3
+
+
+def test_a_dying_rollout_rank_ends_the_job_with_a_message_and_resume_works(sft_run):
+    run_dir = sft_run("apr", name="fault")
+    cmd = rl_command(run_dir, "rl.steps=40", "rl.save_every=1", learners=1, rollouts=1)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        deadline = time.time() + 240
+        while time.time() < deadline and not (run_dir / "rl" / "checkpoints" / "step_00000001" / "COMPLETE").is_file():
+            time.sleep(0.5)
+        assert (run_dir / "rl" / "checkpoints" / "step_00000001" / "COMPLETE").is_file(), "no first checkpoint"
+        server = int((run_dir / "rl" / "server0.pid").read_text())
+        os.kill(server, signal.SIGKILL)
+        _, stderr = proc.communicate(timeout=180)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode != 0
+    # whichever rank notices first ends the job with a one-line reason, not a traceback
+    assert ("apr-ds rl: rank 1 (rollout): error: the inference server" in stderr
+            or "apr-ds rl: rank 0 (learner): error: weight sync of version" in stderr), stderr[-3000:]
+    assert not _servers_of(run_dir)
+    resumed = run_rl(run_dir, "rl.steps=3", "rl.save_every=1", learners=1, rollouts=1)
+    assert resumed.returncode == 0, resumed.stderr[-4000:]
+    assert "resumed from" in resumed.stderr
+    assert read_scalars(run_dir)[-1]["step"] == 3
+
+
+def test_bad_inputs_stop_before_any_rank_starts(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "apr_ds.cli", "rl", "--preset", "tiny", f"run_dir={tmp_path}"],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and "no SFT model at" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_a_world_of_the_wrong_size_says_so(sft_run):
+    run_dir = sft_run("apr")
+    mpiexec = os.path.join(os.path.dirname(sys.executable), "mpiexec")
+    proc = subprocess.run([mpiexec, "-n", "3", sys.executable, "-m", "apr_ds.cli", "rl", "--preset", "tiny",
+                           f"run_dir={run_dir}", "rl.learner_ranks=2", "rl.rollout_ranks=2"],
+                          capture_output=True, text=True, timeout=120, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode != 0
+    assert "the MPI world has 3 ranks but rl.learner_ranks + rl.rollout_ranks = 2 + 2" in proc.stderr
