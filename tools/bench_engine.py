@@ -150,8 +150,8 @@ def decode_breakdown(model_dir: str, prompt, args) -> dict:
                 max_new_tokens=args.new_tokens, temperature=0.0, ignore_eos=True)))
         while scheduler.waiting:
             scheduler.step()  # prefill
-        for _ in range(3):
-            scheduler.step()  # warm-up decode
+        for _ in range(40):  # warm-up decode, past the slab's growth at 64 tokens: measure steady steps
+            scheduler.step()
         timers.clear()
         steps = 20
         start = time.perf_counter()
