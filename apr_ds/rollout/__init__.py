@@ -1,5 +1,6 @@
-"""The rollout side: the HTTP client of SGLang-protocol servers (and, later, the spawn/join runtime).
+"""The rollout side: everything that talks to inference servers. No DeepSpeed here.
 
-No DeepSpeed here. `client.py` is the only HTTP client in apr-ds; it talks to `apr-ds serve` on CPU
-and to SGLang on GPU clusters alike.
+`client.py` is the only HTTP client in apr-ds: it talks to `apr-ds serve` on CPU and to SGLang on GPU
+clusters alike, and holds the learner-side half of weight updates. The spawn/join runtime and the
+rollout-rank loop sit beside it and use it.
 """
