@@ -34,24 +34,7 @@ have_slurm() {
 
 install_slurm() {
     have_slurm && return 0
-    if [[ $(id -u) != 0 ]]; then
-        say "slurm-wlm and munge are not installed and installing them needs root: apt-get install -y slurm-wlm munge"
-        exit $NO_SLURM
-    fi
-    command -v apt-get >/dev/null || { say "no apt-get on this machine; install slurm-wlm and munge yourself"; exit $NO_SLURM; }
-    say "installing slurm-wlm and munge with apt-get"
-    # Bounded: an unreachable mirror must end in a skip, not a hang.
-    local apt_opts=(-o Acquire::Retries=1 -o Acquire::http::Timeout=20 -o Acquire::https::Timeout=20 -q)
-    if ! timeout 300 apt-get "${apt_opts[@]}" update >&2; then
-        say "apt-get update failed (no network to the Debian mirror?)"
-        exit $NO_SLURM
-    fi
-    # policy-rc.d may refuse to start the packaged services (containers); that is fine, we start our own daemons.
-    if ! DEBIAN_FRONTEND=noninteractive timeout 600 apt-get "${apt_opts[@]}" install -y --no-install-recommends \
-            slurm-wlm munge >&2; then
-        say "apt-get install slurm-wlm munge failed"
-        exit $NO_SLURM
-    fi
+    "$(dirname "$0")/apt_install.sh" slurm-wlm munge || exit $?
     have_slurm || { say "slurm-wlm installed but slurmctld/slurmd/sbatch/munged are not on PATH"; exit $NO_SLURM; }
 }
 
