@@ -26,8 +26,8 @@ install: $(STAMP)
 ops: install
 	$(BIN)/python -c "from deepspeed.accelerator import get_accelerator as g; g().create_op_builder('ShareMemCommBuilder').load()" >/dev/null
 
-demo: install
-	$(BIN)/apr-ds data --preset tiny
+demo: install ops
+	$(BIN)/apr-ds demo
 
 test: install ops
 	$(BIN)/python -m pytest -q

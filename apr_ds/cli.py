@@ -19,6 +19,7 @@ COMMANDS = {
     "data": ("apr_ds.data.build", "build problems, solver traces, SFT sequences and the tokenizer"),
     "eval": ("apr_ds.eval.run", "evaluate APR, SoS+ or best-of-n on a split: accuracy, tokens, latency"),
     "report": ("apr_ds.eval.report", "plots and a Markdown table from eval results"),
+    "demo": ("apr_ds.demo", "the whole pipeline on the tiny preset: data, SFT, RL, eval, report"),
     "rl": ("apr_ds.dist.launch", "asynchronous GRPO: ZeRO-3 learner ranks + rollout ranks running spawn/join programs"),
     "sft": ("apr_ds.learner.sft", "supervised fine-tuning on the traces (DeepSpeed ZeRO-3; run under a launcher for many ranks)"),
     "export": ("apr_ds.learner.export", "write a Hugging Face model directory from an SFT/RL checkpoint"),
