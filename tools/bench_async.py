@@ -50,7 +50,10 @@ def rl_rates(run_dir: Path, eta: int, steps: int, cpus: bool) -> dict:
             "sync_ms": statistics.median(r["sync/ms"] for r in rows), "sync_bytes": rows[-1]["sync/bytes"],
             "learner_idle": statistics.mean(r["learner/idle_fraction"] for r in rows[1:]),
             "rollout_idle": rows[-1]["rollout/idle_fraction"], "staleness_mean": statistics.mean(r["staleness/mean"] for r in rows),
-            "dropped_groups": rows[-1]["staleness/dropped_groups"]}
+            "dropped_groups": rows[-1]["staleness/dropped_groups"],
+            # where a step's time goes: training (forward/backward/step) and weight sync, both on the learner
+            "learner_train_s": statistics.mean(r["learner/seconds"] for r in rows[1:]),
+            "step_s": span / max(len(rows) - 1, 1)}
 
 
 def memcpy_seconds(nbytes: int, repeats: int = 20) -> float:
@@ -91,10 +94,12 @@ def main() -> None:
            "sync_bytes": results["0"]["sync_bytes"], "pinned": not args.no_pin, "details": results}
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(out, indent=2) + "\n")
-    print(f"\n{'eta':>4} {'steps/hour':>10} {'x eta0':>7} {'learner idle':>12} {'rollout idle':>12} {'staleness':>9} {'dropped':>7}")
+    print(f"\n{'eta':>4} {'steps/hour':>10} {'x eta0':>7} {'step s':>7} {'train s':>7} {'learner idle':>12} {'rollout idle':>12} "
+          f"{'staleness':>9} {'dropped':>7}")
     for eta, r in results.items():
         print(f"{eta:>4} {r['steps_per_hour']:>10.0f} {r['steps_per_hour'] / results['0']['steps_per_hour']:>7.2f} "
-              f"{r['learner_idle']:>12.1%} {r['rollout_idle']:>12.1%} {r['staleness_mean']:>9.2f} {r['dropped_groups']:>7.0f}")
+              f"{r['step_s']:>7.2f} {r['learner_train_s']:>7.2f} {r['learner_idle']:>12.1%} {r['rollout_idle']:>12.1%} "
+              f"{r['staleness_mean']:>9.2f} {r['dropped_groups']:>7.0f}")
     print(f"weight sync {sync_s * 1000:.1f} ms for {out['sync_bytes'] / 1e6:.1f} MB; memcpy {copy_s * 1000:.2f} ms; "
           f"ratio {out['sync_over_memcpy']:.1f}x")
 
