@@ -65,6 +65,10 @@ write_config() {
         node_line="NodeName=$NODE NodeAddr=127.0.0.1 CPUs=$cpus RealMemory=$(sed -n 's/.*RealMemory=\([0-9]*\).*/\1/p' <<<"$node_line")"
         overrides="SlurmdParameters=config_overrides"
     fi
+    # Job ids differ from one start to the next: MPICH names its shared-memory segments after the PMI job id
+    # (jobid.step), and a segment left in /dev/shm by a killed rank of an earlier cluster's job with the same id
+    # makes MPI_Init fail ("MPIDI_POSIX_comm_bootstrap: Out of memory"). A real cluster never reuses ids.
+    local first_job_id=$(( $(date +%s) % 60000000 + 1 ))
     ctld_port=$(free_port)
     slurmd_port=$(free_port)
     while [[ $slurmd_port == "$ctld_port" ]]; do slurmd_port=$(free_port); done
@@ -72,6 +76,7 @@ write_config() {
     cat >"$STATE_DIR/slurm.conf" <<EOF
 # Written by tools/slurm_local.sh: a one-node cluster private to $STATE_DIR.
 ClusterName=aprds
+FirstJobId=$first_job_id
 SlurmctldHost=$NODE(127.0.0.1)
 SlurmctldPort=$ctld_port
 SlurmdPort=$slurmd_port
