@@ -88,7 +88,8 @@ apr_srun() {  # name srun-options... -- command...   (output: $APR_ATTEMPT_DIR/<
     echo >>"$APR_ATTEMPT_DIR/commands.sh"
     apr_log "step $name: srun $* (log: $log)"
     # --kill-on-bad-exit: one rank that dies ends the step instead of leaving the others blocked in a collective.
-    srun --kill-on-bad-exit=1 --label "$@" >>"$log" 2>&1 &
+    # The step sets its own task counts; the job's --ntasks-per-node would only make srun warn.
+    env -u SLURM_NTASKS_PER_NODE -u SLURM_TASKS_PER_NODE srun --kill-on-bad-exit=1 --label "$@" >>"$log" 2>&1 &
     local pid=$!
     APR_PIDS+=("$pid")
     local code=0
@@ -112,7 +113,7 @@ apr_start_step() {  # name srun-options... -- command...   (a step that runs bes
     printf '%q ' srun "$@" >>"$APR_ATTEMPT_DIR/commands.sh"
     echo "&" >>"$APR_ATTEMPT_DIR/commands.sh"
     apr_log "step $name (background): srun $* (log: $APR_ATTEMPT_DIR/$name.log)"
-    srun --kill-on-bad-exit=1 "$@" >>"$APR_ATTEMPT_DIR/$name.log" 2>&1 &
+    env -u SLURM_NTASKS_PER_NODE -u SLURM_TASKS_PER_NODE srun --kill-on-bad-exit=1 "$@" >>"$APR_ATTEMPT_DIR/$name.log" 2>&1 &
     APR_STEP_PID=$!
     APR_PIDS+=("$APR_STEP_PID")
 }

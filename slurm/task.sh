@@ -10,8 +10,8 @@ if [[ -z ${host:-} ]]; then
     echo "task.sh: rank $rank is not in $ranks_tsv (srun started more tasks than planned)" >&2
     exit 1
 fi
-if [[ $(hostname -s) != "${host%%.*}" ]]; then
-    echo "task.sh: rank $rank ($role) runs on $(hostname -s) but was planned on $host; srun did not honour" \
+if [[ ${SLURMD_NODENAME:-$(hostname -s)} != "${host%%.*}" ]]; then
+    echo "task.sh: rank $rank ($role) runs on ${SLURMD_NODENAME:-$(hostname -s)} but was planned on $host; srun did not honour" \
          "--distribution=arbitrary with SLURM_HOSTFILE" >&2
     exit 1
 fi

@@ -183,7 +183,7 @@ def test_train_sbatch_completes_with_tensorboard_and_checkpoint(slurm, sft_job, 
     job_id = slurm.submit("train.sbatch", "--preset", "tiny", f"run_dir={run_dir}", f"rl.init_model={sft_run}/sft/apr/hf",
                           "rl.learner_ranks=1", "rl.rollout_ranks=1", f"rl.steps={steps}", "rl.prompts_per_step=2",
                           "rl.group_size=2", "rl.save_every=1", "rl.micro_batch=2", "rollout.max_context=256",
-                          "rl.timeout_s=120", cwd=work, env={"APR_LOG_ROOT": str(work / "logs")}, sbatch_args=["--time=4"])
+                          "rl.timeout_s=120", cwd=work, env={"APR_LOG_ROOT": str(work / "logs")}, sbatch_args=["--time=3"])
     job = slurm.wait(job_id)
     out = read(work / f"slurm-apr-rl-{job_id}.out")
     assert job["JobState"] == "COMPLETED" and job["ExitCode"] == "0:0", out[-4000:]

@@ -1,0 +1,83 @@
+"""slurm/plan.py: where train.sbatch puts learner and rollout ranks, and which GPUs each sees (no slurm needed).
+
+The multi-node GPU layouts cannot run here; their arithmetic is checked instead.
+"""
+
+import importlib.util
+import subprocess
+import sys
+from types import SimpleNamespace
+
+import pytest
+from slurm_cluster import ENV, REPO
+
+
+def load_plan():
+    spec = importlib.util.spec_from_file_location("apr_slurm_plan", REPO / "slurm" / "plan.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+plan = load_plan()
+
+
+def cfg(learners, rollouts):
+    return SimpleNamespace(rl=SimpleNamespace(learner_ranks=learners, rollout_ranks=rollouts))
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch):
+    for name in ("APR_LEARNER_NODES", "APR_LEARNER_RANKS_PER_NODE", "APR_ROLLOUT_RANKS_PER_NODE", "APR_ROLLOUT_GPUS",
+                 "APR_RANKS_PER_NODE", "SLURM_GPUS_ON_NODE", "SLURM_NTASKS_PER_NODE", "SLURM_JOB_NODELIST"):
+        monkeypatch.delenv(name, raising=False)
+
+
+def test_one_cpu_node_takes_the_yaml_counts():
+    ranks, learners, rollouts = plan.rl_layout(cfg(2, 1), ["vm"], gpus=0)
+    assert (learners, rollouts) == (2, 1)
+    assert ranks == [("vm", "learner", ""), ("vm", "learner", ""), ("vm", "rollout", "")]
+
+
+def test_one_gpu_node_gives_rollout_ranks_the_gpus_after_the_learners():
+    ranks, learners, rollouts = plan.rl_layout(cfg(4, 4), ["g1"], gpus=8)
+    assert (learners, rollouts) == (4, 4)
+    assert [r[2] for r in ranks] == ["", "", "", "", "4", "5", "6", "7"]
+
+
+def test_nodes_split_by_role(monkeypatch):
+    monkeypatch.setenv("APR_LEARNER_NODES", "1")
+    ranks, learners, rollouts = plan.rl_layout(cfg(1, 1), ["a", "b", "c"], gpus=8)
+    assert (learners, rollouts) == (8, 16)  # from the nodes, not the YAML
+    assert [h for h, role, _ in ranks if role == "learner"] == ["a"] * 8
+    assert [h for h, role, _ in ranks if role == "rollout"] == ["b"] * 8 + ["c"] * 8
+    assert [d for _, role, d in ranks if role == "rollout"][:3] == ["0", "1", "2"]
+    assert [role for _, role, _ in ranks] == ["learner"] * 8 + ["rollout"] * 16  # ranks 0..L-1 learn
+
+
+def test_learner_nodes_default_from_the_yaml_and_tensor_parallel_servers(monkeypatch):
+    monkeypatch.setenv("APR_ROLLOUT_GPUS", "2")
+    ranks, learners, rollouts = plan.rl_layout(cfg(16, 1), ["a", "b", "c", "d"], gpus=8)
+    assert (learners, rollouts) == (16, 8)  # 2 learner nodes for 16 learner ranks; 2 nodes x 4 servers of 2 GPUs
+    assert [d for _, role, d in ranks if role == "rollout"][:4] == ["0,1", "2,3", "4,5", "6,7"]
+
+
+def test_impossible_layouts_stop_with_the_reason(monkeypatch):
+    with pytest.raises(SystemExit, match="leaves no rollout node"):
+        plan.rl_layout(cfg(16, 1), ["a", "b"], gpus=8)
+    with pytest.raises(SystemExit, match="too few"):
+        plan.rl_layout(cfg(6, 3), ["a"], gpus=8)
+
+
+def test_the_command_line_writes_the_hostfile_and_overrides(tmp_path):
+    env = {**ENV, "SLURM_GPUS_ON_NODE": "8", "APR_LEARNER_NODES": "1"}
+    env.pop("SLURM_JOB_NODELIST", None)
+    done = subprocess.run([sys.executable, str(REPO / "slurm" / "plan.py"), "rl", str(tmp_path), "--preset", "tiny",
+                           "rl.learner_ranks=3", "rl.rollout_ranks=5"], env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    values = dict(line.split("=", 1) for line in done.stdout.splitlines())
+    assert values["APR_LEARNER_RANKS"] == "3" and values["APR_ROLLOUT_RANKS"] == "5" and values["APR_NUM_RANKS"] == "8"
+    assert values["APR_OVERRIDES"] == "()"  # one node: the YAML's counts stand
+    assert len((tmp_path / "hostfile").read_text().splitlines()) == 8
+    assert (tmp_path / "ranks.tsv").read_text().splitlines()[3].split("\t")[2:] == ["rollout", "3"]
