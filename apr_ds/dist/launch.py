@@ -73,6 +73,21 @@ def main(args) -> int:
     return run_rank(cfg, args.resume)
 
 
+def finish(roles) -> None:
+    """The last barrier, while learner rank 0 receives (and drops) groups still in flight: a rollout rank only
+    gets here once its sends to rank 0 are done, and a send past MPI's eager size completes only when received."""
+    import time
+
+    from mpi4py import MPI
+
+    from apr_ds.dist.transport import group_waiting, recv_group
+    request = MPI.COMM_WORLD.Ibarrier()
+    while not request.Test():
+        while roles.rank == 0 and group_waiting(roles.world):
+            recv_group(roles.world, timeout_s=60)
+        time.sleep(0.002)
+
+
 def run_rank(cfg, resume: str) -> int:
     from mpi4py import MPI
 
@@ -91,7 +106,7 @@ def run_rank(cfg, resume: str) -> int:
         else:
             from apr_ds.rollout.rank import run_rollout
             run_rollout(cfg, roles, init_model_dir(cfg), out)
-        MPI.COMM_WORLD.Barrier()
+        finish(roles)
     except BaseException as e:  # one rank's failure ends the job, with its message, instead of hanging the others
         who = f"rank {MPI.COMM_WORLD.Get_rank()}" + ("" if roles is None else (" (learner)" if roles.is_learner else " (rollout)"))
         if isinstance(e, UserError):
