@@ -20,6 +20,7 @@ gloo on CPU, nccl on GPU (tensors must then live on the current CUDA device).
 from __future__ import annotations
 
 import datetime
+import math
 
 import torch
 import torch.distributed as dist
@@ -89,14 +90,23 @@ def bucket_metadata(named_tensors: list[tuple[str, torch.Tensor]]) -> dict:
     """The (names, dtypes, shapes) lists `/update_weights_from_distributed` takes for one bucket."""
     return {"names": [name for name, _ in named_tensors],
             "dtypes": [dtype_name(t.dtype) for _, t in named_tensors],
-            "shapes": [list(t.shape) for _, t in named_tensors]}
+            "shapes": [full_shape(t) for _, t in named_tensors]}
+
+
+def full_shape(tensor: torch.Tensor) -> list[int]:
+    """The whole tensor's shape, also for a ZeRO-3 partitioned parameter (whose local shape is empty)."""
+    return list(getattr(tensor, "ds_shape", tensor.shape))
+
+
+def full_nbytes(tensor: torch.Tensor) -> int:
+    return math.prod(full_shape(tensor)) * tensor.element_size()
 
 
 def plan_buckets(named_tensors: list[tuple[str, torch.Tensor]], bucket_bytes: int) -> list[list[tuple[str, torch.Tensor]]]:
     """Split tensors, in order, into buckets of at most `bucket_bytes` (a bigger tensor gets a bucket alone)."""
     buckets, current, size = [], [], 0
     for name, tensor in named_tensors:
-        nbytes = tensor.numel() * tensor.element_size()
+        nbytes = full_nbytes(tensor)
         if current and size + nbytes > bucket_bytes:
             buckets.append(current)
             current, size = [], 0

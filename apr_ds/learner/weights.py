@@ -11,28 +11,14 @@ from __future__ import annotations
 
 def weight_plan(engine, bucket_bytes: int) -> list[list[tuple[str, object]]]:
     """The model's parameters in named order, cut into buckets of about `bucket_bytes` (full sizes)."""
-    buckets, current, size = [], [], 0
-    for name, param in engine.module.named_parameters():
-        shape = tuple(getattr(param, "ds_shape", param.shape))
-        numel = 1
-        for d in shape:
-            numel *= d
-        nbytes = numel * param.element_size()
-        if current and size + nbytes > bucket_bytes:
-            buckets.append(current)
-            current, size = [], 0
-        current.append((name, param))
-        size += nbytes
-    if current:
-        buckets.append(current)
-    return buckets
+    from apr_ds.dist.weight_group import plan_buckets
+    return plan_buckets(list(engine.module.named_parameters()), bucket_bytes)
 
 
 def plan_metadata(plan) -> list[dict]:
     """The (names, dtypes, shapes) lists of each bucket, as /update_weights_from_distributed takes them."""
-    from apr_ds.dist.weight_group import dtype_name
-    return [{"names": [n for n, _ in bucket], "dtypes": [dtype_name(p.dtype) for _, p in bucket],
-             "shapes": [list(getattr(p, "ds_shape", p.shape)) for _, p in bucket]} for bucket in plan]
+    from apr_ds.dist.weight_group import bucket_metadata
+    return [bucket_metadata(bucket) for bucket in plan]
 
 
 def probe_names(plan) -> list[str]:
