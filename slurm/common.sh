@@ -81,6 +81,11 @@ apr_srun_world_options() {
     fi
 }
 
+# A step we started and that still runs: a background job of this shell (never a PID reused by someone else).
+apr_alive() { [[ " $(jobs -pr | tr '\n' ' ') " == *" $1 "* ]]; }
+
+apr_forget() { local keep=() p; for p in "${APR_PIDS[@]}"; do [[ $p == "$1" ]] || keep+=("$p"); done; APR_PIDS=("${keep[@]}"); }
+
 apr_srun() {  # name srun-options... -- command...   (output: $APR_ATTEMPT_DIR/<name>.log; returns srun's exit code)
     local name=$1; shift
     local log=$APR_ATTEMPT_DIR/$name.log
@@ -96,9 +101,9 @@ apr_srun() {  # name srun-options... -- command...   (output: $APR_ATTEMPT_DIR/<
     while :; do
         wait "$pid" && code=0 || code=$?
         # `wait` also returns when a trapped signal arrives; keep waiting while the step is still there.
-        kill -0 "$pid" 2>/dev/null || break
+        apr_alive "$pid" || break
     done
-    APR_PIDS=("${APR_PIDS[@]/$pid}")
+    apr_forget "$pid"
     if ((code != 0)); then
         apr_log "step $name FAILED: srun exit code $code. Last lines of $log:"
         tail -n 40 "$log" | sed 's/^/    /'
@@ -120,26 +125,27 @@ apr_start_step() {  # name srun-options... -- command...   (a step that runs bes
 
 apr_stop_step() {  # pid: end a step this script started (srun passes the signal on to the step's tasks)
     local pid=$1
-    kill -0 "$pid" 2>/dev/null || return 0
-    kill -TERM "$pid" 2>/dev/null || true
-    for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
-    kill -KILL "$pid" 2>/dev/null || true
+    if apr_alive "$pid"; then
+        kill -TERM "$pid" 2>/dev/null || true
+        for _ in $(seq 1 100); do apr_alive "$pid" || break; sleep 0.2; done
+        if apr_alive "$pid"; then kill -KILL "$pid" 2>/dev/null || true; fi
+    fi
     wait "$pid" 2>/dev/null || true
-    APR_PIDS=("${APR_PIDS[@]/$pid}")
+    apr_forget "$pid"
 }
 
 apr_forward() {  # a signal for the job (scancel, preemption, time limit): pass it to the steps we started
     apr_log "received SIG$1; forwarding to our srun steps: ${APR_PIDS[*]:-none}"
     local pid
     for pid in "${APR_PIDS[@]}"; do
-        [[ -n $pid ]] && kill -"$1" "$pid" 2>/dev/null || true
+        if apr_alive "$pid"; then kill -"$1" "$pid" 2>/dev/null || true; fi
     done
 }
 
 apr_cleanup() {
     local code=$? pid
     for pid in "${APR_PIDS[@]}"; do
-        [[ -n $pid ]] && apr_stop_step "$pid"
+        apr_stop_step "$pid"
     done
     echo "$code" >"$APR_ATTEMPT_DIR/exit_code"
     apr_log "apr-ds $APR_STAGE: exit code $code"
