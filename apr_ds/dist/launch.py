@@ -117,6 +117,8 @@ def run_rank(cfg, resume: str) -> int:
         return 1
     # Every rank has written and closed everything. Leave now: DeepSpeed's CPU shared-memory collective can hang
     # in interpreter teardown on non-zero learner ranks, and the process manager then reports the job as killed.
+    # MPI_Finalize first: Open MPI's mpirun reports a rank that exits without it as failed (MPICH does not care).
+    MPI.Finalize()
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(0)
