@@ -1,4 +1,5 @@
-"""`deepspeed --hostfile H --launcher slurm|mpich|openmpi` starting `apr-ds sft` on one node, 2 ZeRO-3 ranks.
+"""`deepspeed --hostfile H --launcher slurm|mpich|openmpi` starting `apr-ds sft` on one node, 2 ZeRO-3 ranks,
+and `apr-ds rl` (1 learner + 1 rollout rank) under the openmpi runner.
 
 The commands are the ones docs/scaling.md gives. Each launch runs in its own process group, killed by its
 id when the test is done with it. slurm: the session's one-node cluster (srun makes its own allocation);
@@ -22,6 +23,10 @@ pytestmark = pytest.mark.slow
 
 SFT = ["sft", "--preset", "tiny", "sft.steps=2", "sft.warmup_steps=1", "sft.save_every=2", "sft.eval_every=2",
        "sft.eval_sequences=8", "sft.probe_problems=1"]
+# RL from the SoS+ model the SFT run wrote: 1 learner + 1 rollout rank (the hostfile's 2 slots), 2 steps.
+RL = ["rl", "--preset", "tiny", "rl.method=sosp", "rl.learner_ranks=1", "rl.rollout_ranks=1", "rl.steps=2",
+      "rl.prompts_per_step=2", "rl.group_size=2", "rl.save_every=1", "rl.micro_batch=2", "rollout.max_context=256",
+      "rl.timeout_s=120"]
 
 
 def free_port() -> int:
@@ -44,11 +49,11 @@ def launch(cmd, env, timeout=600):
     return proc.returncode, out
 
 
-def deepspeed(hostfile, launcher, run_dir, *launcher_args):
+def deepspeed(hostfile, launcher, run_dir, *launcher_args, command=SFT):
     # The entry script's path, not --module: the mpich runner puts `-m` before its helper's path and the slurm
     # runner ignores --module (deepspeed 0.19.8).
     return [BIN / "deepspeed", "--hostfile", hostfile, "--launcher", launcher, *launcher_args, "--force_multi",
-            "--no_ssh_check", "--master_addr", "127.0.0.1", "--master_port", free_port(), BIN / "apr-ds", *SFT,
+            "--no_ssh_check", "--master_addr", "127.0.0.1", "--master_port", free_port(), BIN / "apr-ds", *command,
             f"run_dir={run_dir}"]
 
 
@@ -84,7 +89,7 @@ def test_deepspeed_launcher_mpich(tiny_data, tmp_path_factory):
     check_two_rank_run(code, out, run_dir)
 
 
-def test_deepspeed_launcher_openmpi(tiny_data, tmp_path_factory):
+def test_deepspeed_launcher_openmpi_sft_then_rl(tiny_data, tmp_path_factory):
     if not shutil.which("ompi_info"):
         done = subprocess.run([str(REPO / "tools" / "apt_install.sh"), "openmpi-bin"], capture_output=True, text=True,
                               timeout=1200)
@@ -104,3 +109,9 @@ def test_deepspeed_launcher_openmpi(tiny_data, tmp_path_factory):
     code, out = launch(deepspeed(hostfile, "openmpi", run_dir, "--launcher_args", "--mca btl_tcp_if_include lo"), env)
     assert "cmd = mpirun -n 2 -hostfile" in out
     check_two_rank_run(code, out, run_dir)
+    # RL: ranks 0 and 1 become learner and rollout rank; Open MPI fails a rank that exits without MPI_Finalize.
+    code, out = launch(deepspeed(hostfile, "openmpi", run_dir, "--launcher_args", "--mca btl_tcp_if_include lo",
+                                 command=RL), env)
+    assert code == 0, out[-4000:]
+    assert (run_dir / "rl" / "checkpoints" / "step_00000002" / "COMPLETE").exists()
+    assert (run_dir / "rl" / "hf" / "config.json").exists()
