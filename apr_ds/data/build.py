@@ -155,17 +155,9 @@ def _percentiles(values) -> dict:
             "mean": round(float(arr.mean()), 1)}
 
 
-def _common_prefix(a: list[int], b: list[int]) -> int:
-    n = min(len(a), len(b))
-    i = 0
-    while i < n and a[i] == b[i]:
-        i += 1
-    return i
-
-
 def _sequences(runs, condition, cfg, tokenizer, encode):
     """Tokenize and filter one split's runs. Returns (kept sequences, their token ids, statistics)."""
-    from apr_ds.data.sequences import run_to_sequences
+    from apr_ds.data.sequences import common_prefix_len, run_to_sequences
     bos, eos, limit = tokenizer.bos_token_id, tokenizer.eos_token_id, cfg.data.max_seq_len
     kept, token_lists = [], []
     seq_lens, longest_thread, total_tokens, children, spawns = [], [], [], [], []
@@ -183,7 +175,7 @@ def _sequences(runs, condition, cfg, tokenizer, encode):
         start = 0
         for thread in threads:
             calls = ids[start:start + len(thread.main_calls)]
-            shared += sum(_common_prefix(a, b) for a, b in zip(calls, calls[1:]))
+            shared += sum(common_prefix_len(a, b) for a, b in zip(calls, calls[1:]))
             start += len(thread.main_calls)
         total_tokens.append(sum(len(x) for x in ids) - shared)
         longest_thread.append(max(len(x) for x in ids))

@@ -57,3 +57,12 @@ def run_to_json(run: SolverRun) -> dict:
     """The call tree of a solver run, as stored in traces/*.jsonl."""
     return {"prompt": run.prompt, "main_calls": run.main_calls, "solved": run.solved,
             "sub_calls": [[run_to_json(child) for child in spawn] for spawn in run.sub_calls]}
+
+
+def common_prefix_len(a, b) -> int:
+    """Tokens two sequences share from the start: how total-token counts avoid counting a shared prefix twice."""
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i

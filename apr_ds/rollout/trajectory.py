@@ -20,6 +20,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
+from apr_ds.data.sequences import common_prefix_len
+
 
 @dataclass
 class Segment:
@@ -59,7 +61,7 @@ class Thread:
     def new_tokens(self) -> list[int]:
         out, previous = [], []
         for seg in self.segments:
-            shared = _common_prefix(seg.prompt_ids, previous)
+            shared = common_prefix_len(seg.prompt_ids, previous)
             out.append(seg.context_len - shared)
             previous = seg.prompt_ids + seg.output_ids
         return out
@@ -109,11 +111,3 @@ class Trajectory:
     def from_json(obj: dict) -> "Trajectory":
         threads = [Thread(**{**t, "segments": [Segment(**s) for s in t["segments"]]}) for t in obj["threads"]]
         return Trajectory(**{**obj, "threads": threads})
-
-
-def _common_prefix(a: list[int], b: list[int]) -> int:
-    n = min(len(a), len(b))
-    i = 0
-    while i < n and a[i] == b[i]:
-        i += 1
-    return i
