@@ -284,6 +284,8 @@ class RLConfig:
     """OMP/torch threads of each CPU server."""
     programs_in_flight: int = 8
     """Programs one rollout rank runs at once against its server."""
+    max_server_restarts: int = 3
+    """A server this rank started and that died is restarted and re-synced this many times; then the job ends."""
     seed: int = 0
     log_every: int = 1
     save_every: int = 10

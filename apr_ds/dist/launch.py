@@ -66,10 +66,15 @@ def main(args) -> int:
               flush=True)
         proc = subprocess.Popen(command, env=env)
         try:
-            return proc.wait()
+            code = proc.wait()
         except KeyboardInterrupt:
             proc.terminate()
-            return proc.wait()
+            code = proc.wait()
+        if code:
+            print(f"apr-ds rl: the job failed (exit code {code}; the failing rank's message is above); "
+                  f"run the same command again to resume from the newest checkpoint in "
+                  f"{Path(cfg.run_dir) / 'rl' / 'checkpoints'}", file=sys.stderr, flush=True)
+        return code
     return run_rank(cfg, args.resume)
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 # MPI tags
-GROUP_HEADER, GROUP_DATA, CONTROL, SHARE = 11, 12, 13, 14
+GROUP_HEADER, GROUP_DATA, CONTROL, SHARE, SERVER_STATUS = 11, 12, 13, 14, 15
 
 
 @dataclass
@@ -35,6 +35,51 @@ class WeightUpdate:
 @dataclass
 class Stop:
     reason: str
+
+
+@dataclass
+class Regroup:
+    """Learner rank 0 -> every rollout rank, before a WeightUpdate: leave the weight group (if in one) and join a
+    new one here. Sent after a server was restarted, because a process group cannot take back a dead member."""
+
+    master_address: str
+    master_port: int
+    group_world_size: int
+
+
+@dataclass
+class Ready:
+    """Rollout rank -> learner rank 0 (tag SERVER_STATUS), on a WeightUpdate: my server is in the group and
+    paused (ok), or it is not (dead, or restarted and not yet regrouped). Learner rank 0 broadcasts only if
+    every rank is ready, so a server that died between syncs never breaks a broadcast halfway."""
+
+    rollout_index: int
+    ok: bool
+
+
+@dataclass
+class Go:
+    """Learner rank 0 -> every rollout rank (tag CONTROL), after the Ready replies: receive the buckets now
+    (True), or resume generation and wait for the next attempt (False)."""
+
+    proceed: bool
+
+
+@dataclass
+class ServerDown:
+    """Rollout rank -> learner rank 0 (tag SERVER_STATUS): my server died; I am restarting it. Until the matching
+    ServerBack, learner rank 0 holds the next weight sync (a broadcast to a dead member would fail)."""
+
+    rollout_index: int
+    reason: str
+
+
+@dataclass
+class ServerBack:
+    """Rollout rank -> learner rank 0 (tag SERVER_STATUS): my restarted server is healthy but holds the initial
+    weights; regroup and send it the current version. It generates nothing until then."""
+
+    rollout_index: int
 
 
 @dataclass
@@ -71,3 +116,5 @@ class GroupHeader:
     weight_probe: tuple[int, dict] | None = None
     """(version, {name: first rows}) read back from the server after its latest update, once per version."""
     array_sizes: list[int] = field(default_factory=list)
+    requeued: bool = False
+    """Run again after a server restart cancelled its first attempt (which was never shipped)."""

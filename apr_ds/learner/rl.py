@@ -4,10 +4,16 @@ Each step: take rl.prompts_per_step groups no staler than rl.max_staleness versi
 dropped and counted) -> split their sequences over the learner ranks, balanced by tokens -> proximal and
 reference log-probs -> rl.ppo_epochs optimizer steps -> version + 1 -> announce the version to the
 rollout ranks and broadcast the weights bucket by bucket -> log and checkpoint.
+
+A rollout rank whose server died reports ServerDown, restarts it, then ServerBack. Learner rank 0 holds the
+next sync until the server is back, rebuilds the weight group (Regroup) and sends the current version; if it
+is waiting for trajectories meanwhile, it re-syncs at once (every learner joins that sync; no step is taken).
+`groups.jsonl` lists the (rollout rank, group, version, requeued) of every step: the audit trail for that.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from collections import deque
@@ -15,7 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
-from apr_ds.dist.messages import CONTROL, Setup, Stop, WeightUpdate
+from apr_ds.dist.messages import (CONTROL, SERVER_STATUS, Go, Ready, Regroup, ServerBack, ServerDown, Setup, Stop,
+                                 WeightUpdate)
 from apr_ds.dist.transport import balance, group_waiting, recv_group, scatter_shares
 from apr_ds.errors import UserError
 from apr_ds.log import ScalarWriter, get_logger
@@ -37,7 +44,8 @@ def as_sft_settings(rl, num_learners: int):
 
 
 class Batcher:
-    """Learner rank 0's inbox: groups from every rollout rank, oldest version first."""
+    """Learner rank 0's inbox: groups from every rollout rank, oldest version first, and the rollout ranks'
+    server restarts (ServerDown / ServerBack)."""
 
     def __init__(self, world, timeout_s: float):
         self.world, self.timeout_s = world, timeout_s
@@ -46,10 +54,12 @@ class Batcher:
         self.consumed: dict[int, int] = {}
         self.sent_probes: dict[int, dict] = {}
         self.probes_checked = self.probe_mismatches = 0
+        self.down: dict[int, str] = {}  # rollout index -> why its server died; restarting
+        self.back: set[int] = set()  # restarted, healthy, waiting for a new weight group and the current weights
+        self.server_restarts = self.requeued_groups = 0
+        self.ready: dict[int, bool] = {}
 
-    def _receive(self, block: bool) -> None:
-        if block or group_waiting(self.world):
-            self._arrived(recv_group(self.world, self.timeout_s))
+    def _drain(self) -> None:
         while group_waiting(self.world):
             self._arrived(recv_group(self.world, self.timeout_s))
 
@@ -58,17 +68,87 @@ class Batcher:
         if probe is not None and probe[0] in self.sent_probes:  # the server's weights after version v vs what we sent
             self.probes_checked += 1
             self.probe_mismatches += probe[1] != self.sent_probes[probe[0]]
+        self.requeued_groups += group[0].requeued
         self.buffer.append(group)
 
-    def take(self, count: int, version: int, max_staleness: int) -> tuple[list, float, list[int]]:
-        """`count` groups usable at learner version `version`. Returns (groups, seconds waited, their staleness)."""
+    def poll_status(self) -> None:
+        from mpi4py import MPI
+        while self.world.Iprobe(source=MPI.ANY_SOURCE, tag=SERVER_STATUS):
+            message = self.world.recv(source=MPI.ANY_SOURCE, tag=SERVER_STATUS)
+            if isinstance(message, ServerDown):
+                self.down[message.rollout_index] = message.reason
+                self.server_restarts += 1
+                log.warning(f"rollout rank {message.rollout_index}: server died ({message.reason}); it is restarting")
+            elif isinstance(message, ServerBack):
+                self.down.pop(message.rollout_index, None)
+                self.back.add(message.rollout_index)
+            elif isinstance(message, Ready):
+                self.ready[message.rollout_index] = message.ok
+
+    def all_ready(self, num_rollouts: int) -> bool:
+        """Wait for every rollout rank's Ready to the WeightUpdate just sent; True if all servers can receive."""
+        deadline = time.monotonic() + self.timeout_s
+        self.poll_status()
+        while len(self.ready) < num_rollouts:
+            if time.monotonic() > deadline:
+                raise UserError(f"rollout rank(s) {sorted(set(range(num_rollouts)) - set(self.ready))} did not answer "
+                                f"a weight update within {self.timeout_s:.0f}s (rl.timeout_s)")
+            self._drain()
+            time.sleep(0.001)
+            self.poll_status()
+        ready, self.ready = all(self.ready.values()), {}
+        return ready
+
+    def wait_for_a_restart(self) -> None:
+        """A server was not ready: its rank reports ServerDown, then ServerBack. Wait for the report."""
+        deadline = time.monotonic() + self.timeout_s
+        self.poll_status()
+        while not (self.down or self.back):
+            if time.monotonic() > deadline:
+                raise UserError(f"a rollout rank's server could not take a weight update and was not restarted "
+                                f"within {self.timeout_s:.0f}s (rl.timeout_s); see the server logs")
+            self._drain()
+            time.sleep(0.01)
+            self.poll_status()
+
+    def _wait_for_group(self) -> bool:
+        """Block until a group arrives (True) or a restarted server waits for its weights (False)."""
+        deadline = time.monotonic() + self.timeout_s
+        while not group_waiting(self.world):
+            self.poll_status()
+            if self.back:
+                return False
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"no trajectories from any rollout rank for {self.timeout_s:.0f}s")
+            time.sleep(0.002)
+        self._drain()
+        return True
+
+    def wait_for_restarts(self) -> None:
+        """Before a weight sync: every server that died must be back (a broadcast to a dead member fails)."""
+        deadline = time.monotonic() + self.timeout_s
+        self.poll_status()
+        while self.down:
+            if time.monotonic() > deadline:
+                raise UserError(f"the server of rollout rank(s) {sorted(self.down)} did not come back within "
+                                f"{self.timeout_s:.0f}s (rl.timeout_s); see their server logs")
+            self._drain()  # keeps the other rollout ranks' sends completing meanwhile
+            time.sleep(0.01)
+            self.poll_status()
+
+    def take(self, count: int, version: int, max_staleness: int) -> tuple[list | None, float, list[int]]:
+        """`count` groups usable at learner version `version`. Returns (groups, seconds waited, their staleness);
+        groups is None when a restarted server needs the current weights first (the taken ones go back)."""
         waited, taken, staleness = 0.0, [], []
-        self._receive(block=False)
+        self._drain()
         while len(taken) < count:
             if not self.buffer:
                 started = time.perf_counter()
-                self._receive(block=True)
+                arrived = self._wait_for_group()
                 waited += time.perf_counter() - started
+                if not arrived:
+                    self.buffer.extend(taken)
+                    return None, waited, []
                 continue
             self.buffer = deque(sorted(self.buffer, key=lambda g: g[0].version))
             group = self.buffer.popleft()
@@ -78,7 +158,8 @@ class Batcher:
                 continue
             taken.append(group)
             staleness.append(age)
-            self.consumed[group[0].rollout_index] = self.consumed.get(group[0].rollout_index, 0) + 1
+        for header, *_ in taken:
+            self.consumed[header.rollout_index] = self.consumed.get(header.rollout_index, 0) + 1
         return taken, waited, staleness
 
 
@@ -216,6 +297,8 @@ def rollout_scalars(groups, staleness: list[int], batcher: Batcher, waited_s: fl
         "staleness/mean": float(np.mean(staleness)),
         "staleness/max": float(max(staleness)),
         "staleness/dropped_groups": float(batcher.dropped_groups),
+        "faults/server_restarts": float(batcher.server_restarts),
+        "faults/requeued_groups": float(batcher.requeued_groups),
         "sync/checked_versions": float(batcher.probes_checked),
         "sync/mismatched_versions": float(batcher.probe_mismatches),
         "learner/idle_fraction": waited_s / max(step_s, 1e-9),
@@ -291,7 +374,7 @@ def _run(cfg, roles, model_dir, out, resume, ds_config, settings) -> dict:
         import socket
         from apr_ds.dist.roles import export_learner_env  # noqa: F401
         from apr_ds.rollout.server_proc import free_port
-        address, port = socket.gethostbyname(socket.gethostname()), free_port("0.0.0.0")
+        address, port = socket.gethostbyname(socket.gethostname()), free_port("0.0.0.0")  # regroup() reuses address
         base, extra = divmod(rl.prompts_per_step, roles.num_rollouts)
         for index in range(roles.num_rollouts):
             quota = base + (index < extra)
@@ -303,17 +386,46 @@ def _run(cfg, roles, model_dir, out, resume, ds_config, settings) -> dict:
 
     probes = probe_names(plan)
 
+    def regroup() -> None:
+        """A restarted server cannot rejoin the old group (a process group keeps its dead member): build a new one."""
+        nonlocal group
+        from apr_ds.dist.weight_group import destroy_weight_group
+        from apr_ds.rollout.server_proc import free_port
+        destroy_weight_group(group)
+        port = free_port("0.0.0.0")
+        for index in range(roles.num_rollouts):
+            roles.world.send(Regroup(address, port, 1 + roles.num_rollouts), dest=roles.rollout_world_rank(index),
+                             tag=CONTROL)
+        group = init_weight_group(address, port, rank=0, world_size=1 + roles.num_rollouts, timeout_s=rl.timeout_s)
+        log.info(f"weight group rebuilt for the restarted server(s) of rollout rank(s) {sorted(batcher.back)}")
+        batcher.back.clear()
+
     def sync_weights() -> dict:
-        started = time.perf_counter()
-        if rank == 0:
-            update = WeightUpdate(version, plan_metadata(plan), probes)
-            for index in range(roles.num_rollouts):
-                roles.world.send(update, dest=roles.rollout_world_rank(index), tag=CONTROL)
-        try:
-            sent, seen = broadcast_weights(plan, group, is_sender=rank == 0, probes=probes)
-        except RuntimeError as e:  # gloo/NCCL: a receiving server is gone
-            raise UserError(f"weight sync of version {version} failed: a server of the weight group died or left "
-                            f"({str(e).splitlines()[0]}); the last checkpoint is in {out / 'checkpoints'}") from None
+        started, attempt = time.perf_counter(), 0
+        while True:
+            proceed = True
+            if rank == 0:
+                batcher.wait_for_restarts()
+                if batcher.back:
+                    regroup()
+                update = WeightUpdate(version, plan_metadata(plan), probes)
+                for index in range(roles.num_rollouts):
+                    roles.world.send(update, dest=roles.rollout_world_rank(index), tag=CONTROL)
+                proceed = batcher.all_ready(roles.num_rollouts)
+                for index in range(roles.num_rollouts):
+                    roles.world.send(Go(proceed), dest=roles.rollout_world_rank(index), tag=CONTROL)
+            try:  # every learner gathers (collective); only rank 0 broadcasts, and only if every server is ready
+                sent, seen = broadcast_weights(plan, group, is_sender=rank == 0 and proceed, probes=probes)
+            except RuntimeError as e:  # gloo/NCCL: a server died in the milliseconds since it said Ready
+                raise UserError(f"weight sync of version {version} failed: a server of the weight group died or left "
+                                f"({str(e).splitlines()[0]}); the last checkpoint is in {out / 'checkpoints'}") from None
+            if roles.role_comm.bcast(proceed, root=0):
+                break
+            attempt += 1
+            if rank == 0:
+                log.warning(f"weight sync of version {version}: a server was not ready; waiting for its restart "
+                            f"(attempt {attempt})")
+                batcher.wait_for_a_restart()
         if rank == 0:
             batcher.sent_probes[version] = seen
         return {"sync/ms": 1000 * (time.perf_counter() - started), "sync/bytes": float(sent)}
@@ -326,10 +438,15 @@ def _run(cfg, roles, model_dir, out, resume, ds_config, settings) -> dict:
     for step in range(state["step"], rl.steps):
         step_started = time.perf_counter()
         shares, groups, staleness, waited = None, None, None, 0.0
-        if rank == 0:
-            groups, waited, staleness = batcher.take(rl.prompts_per_step, version, rl.max_staleness)
-            shares, _ = build_shares(groups, world_size, rl.beta)
-        share = scatter_shares(roles.role_comm, shares)
+        while True:
+            if rank == 0:
+                groups, waited_now, staleness = batcher.take(rl.prompts_per_step, version, rl.max_staleness)
+                waited += waited_now
+                shares = build_shares(groups, world_size, rl.beta)[0] if groups is not None else [None] * world_size
+            share = scatter_shares(roles.role_comm, shares)
+            if share is not None:
+                break
+            sync_weights()  # a restarted server needs the current version before it generates again
         metrics = train_step(engine, ref_engine, share, loss_settings, rl, world_size, tokenizer.pad_token_id, tokenizer.bos_token_id)
         version += 1
         metrics.update(sync_weights())
@@ -341,6 +458,9 @@ def _run(cfg, roles, model_dir, out, resume, ds_config, settings) -> dict:
             metrics["time/elapsed_s"] = time.perf_counter() - run_started
             if (step + 1) % rl.log_every == 0 or step + 1 == rl.steps:
                 writer.scalars(step + 1, metrics)
+            with open(out / "groups.jsonl", "a") as f:  # which groups each step trained on: an audit trail
+                f.write(json.dumps({"step": step + 1, "groups": [[h.rollout_index, h.group_index, h.version, h.requeued]
+                                                                 for h, *_ in groups]}) + "\n")
             bar.set_postfix(reward=f"{metrics['rollout/reward']:.3f}", stale=f"{metrics['staleness/mean']:.1f}",
                             sync_ms=f"{metrics['sync/ms']:.0f}")
             bar.update(1)

@@ -6,8 +6,14 @@ Admission control (AReaL-style): with weights at version v, this rank may have s
 eta versions ahead of the learner and never pile up; eta = 0 is synchronous on the same code path.
 
 A weight version arrives as a `WeightUpdate` over MPI; the rank then drives its server:
-pause (retract: in-flight requests keep their output and resume) -> /update_weights_from_distributed per
-bucket, while learner rank 0 broadcasts -> /flush_cache -> /continue_generation. No DeepSpeed here.
+pause (retract: in-flight requests keep their output and resume) -> Ready to learner rank 0 -> Go ->
+/update_weights_from_distributed per bucket, while learner rank 0 broadcasts -> /flush_cache ->
+/continue_generation. No DeepSpeed here.
+
+A server this rank started and that dies is restarted in place (`recover`): ServerDown to learner rank 0,
+the running groups are cancelled (they were never shipped) and queued to run again under the same index,
+the server starts again, ServerBack; learner rank 0 then rebuilds the weight group (Regroup) and sends the
+current version, and only then does this rank generate again. Nothing is lost and nothing counted twice.
 """
 
 from __future__ import annotations
@@ -18,7 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
-from apr_ds.dist.messages import CONTROL, GroupHeader, ProgramStats, Setup, Stop, WeightUpdate
+from apr_ds.dist.messages import (CONTROL, SERVER_STATUS, Go, GroupHeader, ProgramStats, Ready, Regroup, ServerBack,
+                                  ServerDown, Setup, Stop, WeightUpdate)
 from apr_ds.dist.transport import PendingSends, send_group
 from apr_ds.errors import UserError
 from apr_ds.rollout.client import ServerError
@@ -48,6 +55,36 @@ def start_server(cfg, rollout_index: int, model_dir: str, log_dir: Path):
     return server, server.url
 
 
+class OwnedServer:
+    """The server a rollout rank started (or None for a given URL): notices its death, starts it again."""
+
+    def __init__(self, cfg, rollout_index: int, model_dir: str, log_dir: Path):
+        self._args = (cfg, rollout_index, model_dir, log_dir)
+        self.process, self.url = start_server(*self._args)
+
+    def wait_healthy(self) -> None:
+        if self.process is not None:
+            self.process.wait_healthy()
+
+    def dead(self) -> bool:
+        return self.process is not None and self.process.proc.poll() is not None
+
+    def reason(self) -> str:
+        code = self.process.proc.returncode
+        return f"exit code {code}" if code >= 0 else f"killed by signal {-code}"
+
+    def restart(self) -> str:
+        """Same command, new port; back with the initial weights. Returns the new URL once healthy."""
+        self.process.stop()
+        self.process, self.url = start_server(*self._args)
+        self.process.wait_healthy()
+        return self.url
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.stop()
+
+
 def group_arrays(trajectories) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Every generation call with output becomes one training sequence: prompt ids (masked) + sampled ids."""
     tokens, logprobs, table = [], [], []
@@ -69,7 +106,7 @@ def program_stats(trajectory) -> ProgramStats:
 
 
 class RolloutRank:
-    def __init__(self, cfg, roles, client, tokenizer, task, problems, setup: Setup):
+    def __init__(self, cfg, roles, client, tokenizer, task, problems, setup: Setup, restart_server=None):
         from apr_ds.rollout.runtime import ProgramRunner
         rollout = cfg.rollout
         rollout.temperature = cfg.rl.temperature
@@ -82,13 +119,30 @@ class RolloutRank:
         self.groups_started = setup.first_group
         self.gate = asyncio.Semaphore(cfg.rl.programs_in_flight)
         self.pending = PendingSends()
-        self.tasks: set[asyncio.Task] = set()
+        self.tasks: dict[asyncio.Task, int] = {}  # running group -> its group index
         self.busy_s = self.idle_s = 0.0
         self.stopping = False
         self.weight_probe = None
+        # Fault handling (see the module docstring): `restart_server` is the OwnedServer, None in unit use.
+        self.restart_server = restart_server
+        self.restarts = 0
+        self.requeue: list[int] = []
+        self.rerun: set[int] = set()
+        self.synced = True  # False from a restart until the restarted server holds the current weights
+        self.in_group = True
 
     def admitted(self) -> bool:
         return self.groups_started < (self.version + self.cfg.rl.max_staleness + 1) * self.quota
+
+    def start_groups(self) -> None:
+        while self.synced and self.requeue:
+            self._start(self.requeue.pop(0))
+        while self.synced and self.admitted():
+            self._start(self.groups_started)
+            self.groups_started += 1
+
+    def _start(self, group_index: int) -> None:
+        self.tasks[asyncio.create_task(self.run_group(group_index))] = group_index
 
     async def run_group(self, group_index: int):
         problem = self.problems[(group_index * self.num_ranks + self.index) % len(self.problems)]
@@ -100,28 +154,72 @@ class RolloutRank:
         trajectories = await asyncio.gather(*[one() for _ in range(self.cfg.rl.group_size)])
         return group_index, version, trajectories
 
-    def ship(self, group_index: int, version: int, trajectories) -> None:
+    def ship(self, group_index: int, version: int, trajectories, requeued: bool) -> None:
         tokens, logprobs, table = group_arrays(trajectories)
         header = GroupHeader(self.index, group_index, version, [float(t.correct) for t in trajectories],
                              [program_stats(t) for t in trajectories], len(table), int(tokens.size), int(logprobs.size),
-                             self.busy_s, self.idle_s, self.weight_probe)
+                             self.busy_s, self.idle_s, self.weight_probe, requeued=requeued)
         self.weight_probe = None
         send_group(self.roles.world, 0, header, tokens, logprobs, table, self.pending)
 
     async def apply(self, update: WeightUpdate) -> None:
-        await self.client.pause_generation("retract")
-        for bucket in update.buckets:
-            await self.client.update_weights_from_distributed(bucket["names"], bucket["dtypes"], bucket["shapes"],
-                                                              weight_version=str(update.version))
-        await self.client.flush_cache()
-        await self.client.continue_generation()
+        """pause -> Ready -> (Go) buckets -> flush -> continue. Without Go (another server is not ready) the
+        server just resumes; learner rank 0 retries once every server is back in the group."""
+        ready = self.in_group and not (self.restart_server is not None and self.restart_server.dead())
+        if ready:
+            try:
+                await self.client.pause_generation("retract")
+            except ServerError:
+                ready = False
+        self.roles.world.send(Ready(self.index, ready), dest=0, tag=SERVER_STATUS)
+        go: Go = self.roles.world.recv(source=0, tag=CONTROL)
+        if ready and go.proceed:
+            for bucket in update.buckets:
+                await self.client.update_weights_from_distributed(bucket["names"], bucket["dtypes"], bucket["shapes"],
+                                                                  weight_version=str(update.version))
+            await self.client.flush_cache()
+        if ready:
+            await self.client.continue_generation()
+        if not (ready and go.proceed):
+            return
         self.version = update.version
+        self.synced = True
         # read back what the server now holds; learner rank 0 checks it against what it sent
         self.weight_probe = (update.version, {name: await self.client.get_weights_by_name(name, truncate_size=2)
                                               for name in update.probes})
 
+    async def regroup(self, message: Regroup) -> None:
+        if self.in_group:
+            await self.client.destroy_weights_update_group()
+        await self.client.init_weights_update_group(message.master_address, message.master_port,
+                                                    rank_offset=1 + self.index, world_size=message.group_world_size)
+        self.in_group = True
+
+    async def recover(self) -> bool:
+        """If this rank's server died: tell learner rank 0, cancel the groups it was running (to be run again),
+        restart it, and wait for the learners to regroup and re-sync it. True if a restart happened."""
+        if self.restart_server is None or not self.restart_server.dead():
+            return False
+        reason = self.restart_server.reason()
+        if self.restarts >= self.cfg.rl.max_server_restarts:
+            raise UserError(f"the inference server of rollout rank {self.index} died again ({reason}) after "
+                            f"{self.restarts} restarts (rl.max_server_restarts); see its log")
+        self.restarts += 1
+        log.warning(f"rollout rank {self.index}: the inference server died ({reason}); restarting it "
+                    f"(restart {self.restarts} of at most {self.cfg.rl.max_server_restarts})")
+        self.roles.world.send(ServerDown(self.index, reason), dest=0, tag=SERVER_STATUS)
+        for task in self.tasks:
+            task.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+        self.requeue = sorted(self.requeue + list(self.tasks.values()))
+        self.rerun.update(self.tasks.values())
+        self.tasks.clear()
+        self.client.base_url = await asyncio.to_thread(self.restart_server.restart)
+        self.synced = self.in_group = False
+        self.roles.world.send(ServerBack(self.index), dest=0, tag=SERVER_STATUS)
+        return True
+
     def next_control(self):
-        from mpi4py import MPI
         world = self.roles.world
         if world.Iprobe(source=0, tag=CONTROL):
             return world.recv(source=0, tag=CONTROL)
@@ -130,22 +228,25 @@ class RolloutRank:
     async def loop(self) -> None:
         last = time.monotonic()
         while not self.stopping:
-            while self.admitted():
-                task = asyncio.create_task(self.run_group(self.groups_started))
-                self.tasks.add(task)
-                self.groups_started += 1
+            await self.recover()
+            self.start_groups()
             message = self.next_control()
-            if isinstance(message, WeightUpdate):
+            if isinstance(message, Regroup):
+                await self.regroup(message)
+            elif isinstance(message, WeightUpdate):
                 await self.apply(message)
             elif isinstance(message, Stop):
                 self.stopping = True
             for task in [t for t in self.tasks if t.done()]:
-                self.tasks.discard(task)
                 try:
-                    self.ship(*task.result())
+                    result = task.result()
                 except ServerError as e:  # programs absorb bad output; only a server that is gone gets here
+                    if self.restart_server is not None and self.restart_server.dead():
+                        break  # recover() at the top of the next pass re-queues this group with the others
                     raise UserError(f"the inference server {self.client.base_url} stopped answering ({e}); "
                                     f"see its log next to the run's TensorBoard folder") from None
+                group_index = self.tasks.pop(task)
+                self.ship(*result, requeued=group_index in self.rerun)
             self.pending.poll()
             now = time.monotonic()
             if self.tasks:
@@ -176,22 +277,20 @@ def run_rollout(cfg, roles, model_dir: str, out_dir: Path) -> None:
     cfg.eval.split, cfg.eval.num_problems = "train", 0
     problems = load_problems(cfg)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    server, url = start_server(cfg, roles.rollout_index, model_dir, out_dir)
+    server = OwnedServer(cfg, roles.rollout_index, model_dir, out_dir)
     try:
-        if server is not None:
-            server.wait_healthy()
+        server.wait_healthy()
         setup = roles.world.recv(source=0, tag=CONTROL)
         if isinstance(setup, Stop):
             return
 
         async def main():
-            async with RolloutClient(url, timeout_s=cfg.rl.timeout_s) as client:
+            async with RolloutClient(server.url, timeout_s=cfg.rl.timeout_s) as client:
                 await client.wait_until_healthy(timeout_s=120)
                 await join_weight_group(client, setup, roles.rollout_index)
-                rank = RolloutRank(cfg, roles, client, tokenizer, get_task(cfg), problems, setup)
+                rank = RolloutRank(cfg, roles, client, tokenizer, get_task(cfg), problems, setup, restart_server=server)
                 await rank.loop()
                 await client.destroy_weights_update_group()
         asyncio.run(main())
     finally:
-        if server is not None:
-            server.stop()
+        server.stop()
