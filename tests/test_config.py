@@ -63,3 +63,21 @@ def test_cli_reports_config_errors_without_traceback(apr_ds_cli, tmp_path):
     assert "apr-ds data: error: unknown config key 'task.sed' (did you mean 'task.seed'?)" in proc.stderr
     assert "Traceback" not in proc.stderr
     assert not (tmp_path / "data").exists()  # nothing written for a config that does not load
+
+
+def test_the_paper_preset_matches_apr_ref():
+    """apr-reference §1-5: 4 numbers in 1..99, targets 10..100; a 228M Llama at 4,096 tokens; SFT batch 256,
+    lr 5e-5, 19k steps; GRPO 64 prompts x 5 rollouts, lr 1e-5, 150 steps. Not run here (no GPU): validated."""
+    from apr_ds.model import count_parameters, llama_config
+    paper = load_config("paper")
+    assert (paper.task.num_numbers, paper.task.min_number, paper.task.max_number) == (4, 1, 99)
+    assert (paper.task.min_target, paper.task.max_target) == (10, 100)
+    model = llama_config(paper.model.preset, vocab_size=1117, context=paper.model.context)
+    assert model.max_position_embeddings == 4096 and paper.data.max_seq_len == 4096
+    assert count_parameters(model) == 227_709_952
+    sft = paper.sft
+    assert (sft.global_batch, sft.lr, sft.steps, sft.precision) == (256, 5e-5, 19_000, "bf16")
+    rl = paper.rl
+    assert (rl.prompts_per_step, rl.group_size, rl.lr, rl.steps) == (64, 5, 1e-5, 150)
+    assert (rl.temperature, rl.clip_eps, rl.beta, rl.ppo_epochs, rl.grad_clip) == (1.0, 0.2, 0.001, 2, 1.0)
+    assert rl.server == "sglang" and paper.rollout.max_context == 4096
