@@ -1,17 +1,21 @@
-"""`apr-ds demo`: the whole pipeline on the tiny preset, end to end, on one CPU machine (about 10-15 minutes).
+"""`apr-ds demo`: the whole pipeline end to end on one CPU machine, then the shipped cpu-preset models (<= 20 min).
 
     apr-ds demo                      # what `make demo` runs; writes runs/demo/
     apr-ds demo run_dir=/tmp/demo
 
-Stages, each a real `apr-ds` command in its own process (so each one's launcher and cleanup are the real ones):
+Part 1, a fresh tiny run (each stage a real `apr-ds` command in its own process, so each one's launcher and
+cleanup are the real ones):
 1. data   problems, solver traces, SFT sequences, tokenizer
 2. sft    SoS+ and APR, each on 2 DeepSpeed ZeRO-3 ranks under mpiexec
 3. rl     a few steps of asynchronous GRPO from the APR model (1 learner + 1 rollout rank with its server)
 4. eval   SoS+, APR, APR+RL greedy and best-of-4 SoS+ on held-out test problems
-5. report plots and a table
+At this budget the models learn the trace language but solve almost nothing (cpu-scale-probe §5): part 1
+proves the pipeline, not the method.
 
-At this budget the models learn the trace language but rarely solve a problem (cpu-scale-probe §5): the demo
-proves the pipeline, not the method. TensorBoard: `tensorboard --logdir runs/demo`.
+Part 2, the models shipped in checkpoints/cpu/ (trained by the cpu preset for about 75 min each;
+docs/results.md): the cpu task's held-out test problems (the same split docs/results.md reports on),
+SoS+, APR, APR+RL and best-of-4 SoS+ at context windows 512 and 768, and a few RL steps from the shipped
+APR model. Then one report per part and a summary that says which numbers come from where.
 """
 
 from __future__ import annotations
@@ -25,12 +29,18 @@ from pathlib import Path
 
 from apr_ds.errors import UserError
 
+SHIPPED = Path(__file__).resolve().parents[1] / "checkpoints" / "cpu"
+
 
 def add_arguments(parser) -> None:
     from apr_ds.cli import add_config_arguments
     add_config_arguments(parser)
     parser.set_defaults(preset="tiny")
-    parser.add_argument("--problems", type=int, default=50, help="test problems per evaluation")
+    parser.add_argument("--problems", type=int, default=50, help="test problems per evaluation of the fresh tiny run")
+    parser.add_argument("--shipped", default=str(SHIPPED), help="folder of the shipped cpu-preset models")
+    parser.add_argument("--shipped-problems", type=int, default=100, help="test problems per shipped-model evaluation")
+    parser.add_argument("--shipped-rl-steps", type=int, default=3, help="RL steps from the shipped APR model")
+    parser.add_argument("--skip-shipped", action="store_true", help="only the fresh tiny run")
 
 
 def _run(stage: str, args: list[str], env: dict | None = None) -> float:
@@ -51,9 +61,17 @@ def main(args) -> int:
     from apr_ds.cli import config_from_args
     cfg = config_from_args(args)
     run_dir = Path(cfg.run_dir if cfg.run_dir != "runs/tiny" else "runs/demo")
+    started, times = time.time(), {}
+    fresh_pipeline(run_dir / "tiny", args, times)
+    if not args.skip_shipped:
+        shipped_models(run_dir / "cpu", Path(args.shipped), args, times)
+    print_summary(run_dir, times, time.time() - started)
+    return 0
+
+
+def fresh_pipeline(run_dir: Path, args, times: dict) -> None:
     common = ["--preset", args.preset, f"run_dir={run_dir}", *args.overrides]
     one_thread = {"OMP_NUM_THREADS": "1"}
-    started, times = time.time(), {}
     times["data"] = _run("data", ["data", *common])
     for method in ("sosp", "apr"):
         print(f"\n=== sft {method}: 2 ZeRO-3 ranks", flush=True)
@@ -72,38 +90,68 @@ def main(args) -> int:
             "eval", *common, "--model", str(model), "--method", method, "--tag", tag, f"eval.num_problems={args.problems}",
             "rollout.max_context=512", *extra], one_thread)
     times["report"] = _run("report", ["report", str(run_dir), "--out", str(run_dir / "report")])
-    print_summary(run_dir, times, time.time() - started)
-    return 0
+
+
+def shipped_models(run_dir: Path, shipped: Path, args, times: dict) -> None:
+    """Evaluate the shipped cpu-preset models; their test split is regenerated (growing task.num_train never
+    changes val/test, so a small train split gives the very test problems of docs/results.md)."""
+    if not (shipped / "MANIFEST.json").is_file():
+        raise UserError(f"no shipped checkpoints at {shipped} (MANIFEST.json); pass --shipped DIR or --skip-shipped")
+    common = ["--preset", "cpu", f"run_dir={run_dir}"]
+    one_thread = {"OMP_NUM_THREADS": "1"}
+    times["cpu_data"] = _run("data (cpu task, for the shipped models)", ["data", *common, "task.num_train=2000"])
+    windows = ["rollout.max_context=768", "eval.context_windows=[512,768]", f"eval.num_problems={args.shipped_problems}"]
+    evals = [("sosp", "sosp", "_shipped", []), ("apr", "apr", "_shipped", []), ("apr", "apr_rl", "_rl_shipped", []),
+             ("bon", "sosp", "_shipped", ["eval.n=4", "eval.temperatures=[1.0]"])]
+    for method, model, tag, extra in evals:
+        times[f"eval_{method}{tag}"] = _run(f"eval shipped {model} ({method})", [
+            "eval", *common, "--model", str(shipped / model), "--method", method, "--tag", tag, *windows, *extra],
+            one_thread)
+    times["rl_shipped"] = _run("rl from the shipped APR model", [
+        "rl", *common, f"rl.init_model={shipped / 'apr'}", "rl.method=apr", f"rl.steps={args.shipped_rl_steps}",
+        "rl.prompts_per_step=4", "rl.group_size=4", "rollout.max_context=768", "rl.save_every=1000"], one_thread)
+    times["cpu_report"] = _run("report (shipped models)", ["report", str(run_dir), "--out", str(run_dir / "report")])
+
+
+def _eval_rows(run_dir: Path, windows: list[str] | None = None) -> list[str]:
+    rows = []
+    for path in sorted((run_dir / "eval").glob("*.json")):
+        s = json.loads(path.read_text())["settings"][0]
+        by_window = "".join(f" {s['cumulative_accuracy'].get(w, float('nan')):>7.1%}" for w in windows or [])
+        extra = f"  pass@4 {s['pass_at']['4']:.0%} cons@4 {s['cons_at']['4']:.0%}" if "pass_at" in s else ""
+        rows.append(f"  {path.stem:<14} {s['accuracy']:>7.1%}{by_window} {s['mean_total_tokens']:>7.0f} "
+                    f"{s['mean_longest_thread']:>7.0f} {s['mean_latency_s']:>6.2f} {s['children_per_spawn']:>8.2f}{extra}")
+    return rows
+
+
+def _rewards(run_dir: Path) -> str:
+    path = run_dir / "rl" / "scalars.jsonl"
+    if not path.is_file():
+        return "(no RL run)"
+    return " ".join(f"{json.loads(x)['rollout/reward']:.2f}" for x in path.read_text().splitlines())
 
 
 def print_summary(run_dir: Path, times: dict, total_s: float) -> None:
-    rows = []
-    for path in sorted((run_dir / "eval").glob("*.json")):
-        result = json.loads(path.read_text())
-        s = result["settings"][0]
-        extra = f"  pass@4 {s['pass_at']['4']:.0%} cons@4 {s['cons_at']['4']:.0%}" if "pass_at" in s else ""
-        rows.append(f"  {path.stem:<10} {s['accuracy']:>7.1%} {s['mean_total_tokens']:>9.0f} {s['mean_longest_thread']:>8.0f} "
-                    f"{s['mean_latency_s']:>8.2f} {s['children_per_spawn']:>8.2f}{extra}")
+    tiny, cpu = run_dir / "tiny", run_dir / "cpu"
     sft = {}
     for m in ("sosp", "apr"):  # the last row that has a validation loss
-        for line in (run_dir / "sft" / m / "scalars.jsonl").read_text().splitlines():
+        for line in (tiny / "sft" / m / "scalars.jsonl").read_text().splitlines():
             row = json.loads(line)
             sft[m] = row if "val/loss" in row else sft.get(m, {})
-    rl_rows = [json.loads(x) for x in (run_dir / "rl" / "scalars.jsonl").read_text().splitlines()]
-    print("\n" + "=" * 78)
-    print(f"apr-ds demo: finished in {total_s / 60:.1f} min (fresh tiny run; all numbers below come from it)")
+    print("\n" + "=" * 86)
+    print(f"apr-ds demo: finished in {total_s / 60:.1f} min")
     print("  stage times: " + ", ".join(f"{k} {v:.0f}s" for k, v in times.items()))
+    print("\nPart 1: FRESH tiny run, trained just now (SFT, 4 RL steps); greedy, context 512")
     print("  SFT final val loss: " + ", ".join(f"{m} {sft[m].get('val/loss', float('nan')):.3f}" for m in sft))
-    print("  RL reward by step: " + " ".join(f"{r['rollout/reward']:.2f}" for r in rl_rows))
-    print(f"\n  {'eval':<10} {'acc':>7} {'tokens':>9} {'longest':>8} {'lat s':>8} {'ch/spawn':>8}")
-    print("\n".join(rows))
-    failures = {}
-    for path in sorted((run_dir / "eval").glob("*.json")):
-        for reason, count in json.loads(path.read_text())["settings"][0]["failures"].items():
-            failures[reason[:70]] = failures.get(reason[:70], 0) + count
-    if failures:
-        print("  most common failures: " + "; ".join(f"{n}x {r}" for r, n in sorted(failures.items(), key=lambda x: -x[1])[:3]))
-    print("\n  The tiny budget teaches the trace format, not arithmetic: accuracy near 0% is expected here.")
-    print(f"  report:      {run_dir / 'report'}/report.md and *.png")
+    print(f"  RL reward by step: {_rewards(tiny)}")
+    print(f"\n  {'eval':<14} {'acc':>7} {'tokens':>7} {'longest':>7} {'lat s':>6} {'ch/spawn':>8}")
+    print("\n".join(_eval_rows(tiny)))
+    print("  The tiny budget teaches the trace format, not arithmetic: accuracy near 0% is expected here.")
+    if (cpu / "eval").is_dir():
+        print("\nPart 2: SHIPPED cpu-preset models (checkpoints/cpu, trained offline: docs/results.md); held-out test")
+        print(f"\n  {'eval':<14} {'acc':>7} {'@512':>7} {'@768':>7} {'tokens':>7} {'longest':>7} {'lat s':>6} {'ch/spawn':>8}")
+        print("\n".join(_eval_rows(cpu, ["512", "768"])))
+        print(f"  RL from the shipped APR model, reward by step: {_rewards(cpu)}")
+    print(f"\n  reports:     {tiny / 'report'}/report.md" + (f", {cpu / 'report'}/report.md" if (cpu / "eval").is_dir() else ""))
     print(f"  TensorBoard: tensorboard --logdir {run_dir}")
-    print("=" * 78)
+    print("=" * 86)

@@ -6,6 +6,7 @@ from collections import Counter
 
 import numpy as np
 
+from apr_ds.eval.lines import line_diagnostics
 from apr_ds.rollout.trajectory import Trajectory
 from apr_ds.tasks.countdown import extract_solution_path
 
@@ -70,4 +71,5 @@ def summarize(trajectories: list[Trajectory], windows: list[int]) -> dict:
         "threads_per_program": _mean([len(t.threads) for t in trajectories]),
         "cumulative_accuracy": {str(w): a for w, a in cumulative_accuracy(trajectories, windows).items()},
         "failures": dict(Counter(t.reason for t in trajectories if not t.correct).most_common(8)),
+        "lines": line_diagnostics(thread.text for t in trajectories for thread in t.threads),
     }

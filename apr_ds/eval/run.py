@@ -162,6 +162,8 @@ def print_table(results: dict) -> None:
         print(f"{s['temperature']:>5} {str(s['budget']):>6} {s['accuracy']:>6.1%} {s['mean_total_tokens']:>9.0f} "
               f"{s['mean_sequential_tokens']:>8.0f} {s['mean_longest_thread']:>7.0f} {s['mean_latency_s']:>9.2f} "
               f"{s['spawns_per_program']:>6.2f} {s['children_per_spawn']:>8.2f}")
+        if s.get("lines"):
+            print("      lines right: " + "  ".join(f"{k} {v['right']:.2f} (of {v['lines']})" for k, v in s["lines"].items()))
         if "pass_at" in s:
             print("      pass@k " + "  ".join(f"{k}:{v:.1%}" for k, v in s["pass_at"].items()) +
                   "   cons@k " + "  ".join(f"{k}:{v:.1%}" for k, v in s["cons_at"].items()))

@@ -1,0 +1,69 @@
+"""Per-line diagnostics of generated traces: which skills a model has before it solves anything.
+
+End-to-end success needs every line of a solution path right, so accuracy stays at 0% long after a model
+has learned most of the parts. For every `Exploring Operation` line a model wrote (join blocks, which copy
+a child's lines into its parent, are skipped), against the `Current State` it was written under:
+
+    operands     both operands are in the state's numbers (as a multiset)
+    arithmetic   a op b = c is right (subtraction larger first, exact division)
+    result_list  `Resulting Numbers` equals the state's numbers minus the operands plus c (as multisets)
+and for every `Generated Node` line:
+    target       the node's target is the state's target (state copying)
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from apr_ds.lang.render import JOIN_CLOSE, JOIN_OPEN
+from apr_ds.lang.syntax import EXPLORE_RE, GENERATED_RE, STATE_RE
+
+SKILLS = ("operands", "arithmetic", "result_list", "target")
+
+
+def _ints(text: str) -> list[int]:
+    return [int(x) for x in text.split(", ")] if text else []
+
+
+def _arithmetic_ok(a: int, sign: str, b: int, c: int) -> bool:
+    if sign == "+":
+        return a + b == c
+    if sign == "*":
+        return a * b == c
+    if sign == "-":
+        return a >= b and a - b == c
+    return b != 0 and a % b == 0 and a // b == c
+
+
+def count_lines(text: str) -> Counter:
+    """Counts `{skill}` (right) and `{skill}_total` over one thread's text."""
+    counts: Counter = Counter()
+    state, in_join = None, False
+    for line in text.splitlines():
+        if line.startswith(JOIN_OPEN):
+            in_join = True
+        if in_join:
+            in_join = not line.startswith(JOIN_CLOSE)
+            continue
+        if m := STATE_RE.match(line):
+            state = (int(m.group(1)), _ints(m.group(2)))
+        elif (m := EXPLORE_RE.match(line)) and state is not None:
+            a, sign, b, c = int(m.group(1)), m.group(2), int(m.group(3)), int(m.group(4))
+            pool = Counter(state[1])
+            operands_ok = pool[a] >= 1 and pool[b] >= 1 and (a != b or pool[a] >= 2)
+            expected = (pool - Counter([a, b])) + Counter([c]) if operands_ok else None
+            counts.update({"operands_total": 1, "arithmetic_total": 1, "result_list_total": 1,
+                           "operands": operands_ok, "arithmetic": _arithmetic_ok(a, sign, b, c),
+                           "result_list": expected is not None and Counter(_ints(m.group(5))) == expected})
+        elif (m := GENERATED_RE.match(line)) and state is not None:
+            counts.update({"target_total": 1, "target": int(m.group(2)) == state[0]})
+    return counts
+
+
+def line_diagnostics(texts) -> dict:
+    """Fraction right per skill over all threads' texts, with the number of lines behind each."""
+    counts: Counter = Counter()
+    for text in texts:
+        counts.update(count_lines(text))
+    return {skill: {"right": counts[skill] / counts[f"{skill}_total"] if counts[f"{skill}_total"] else float("nan"),
+                    "lines": counts[f"{skill}_total"]} for skill in SKILLS}

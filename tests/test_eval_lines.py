@@ -1,0 +1,40 @@
+"""Per-line diagnostics: each skill is judged against the state the line was written under."""
+
+import math
+
+from apr_ds.eval.lines import count_lines, line_diagnostics
+
+TRACE = """Current State: 24:[3, 8, 2, 5], Operations: []
+Exploring Operation: 8-3=5, Resulting Numbers: [2, 5, 5]
+Generated Node #0,0: 24:[2, 5, 5] Operation: 8-3=5
+Exploring Operation: 8*3=25, Resulting Numbers: [2, 5, 25]
+Generated Node #0,1: 23:[2, 5, 25] Operation: 8*3=25
+Exploring Operation: 9+2=11, Resulting Numbers: [3, 8, 5, 11]
+Exploring Operation: 5-2=3, Resulting Numbers: [3, 8, 3]
+Exploring Operation: 2-5=3, Resulting Numbers: [3, 8, 3]
+<Sub Searches>
+Exploring Operation: 1+1=7, Resulting Numbers: [7]
+<End Sub Searches>
+Current State: 24:[2, 5, 5], Operations: ['8-3=5']
+Exploring Operation: 5*5=25, Resulting Numbers: [2, 25]
+"""
+
+
+def test_each_skill_is_counted_against_the_current_state():
+    counts = count_lines(TRACE)
+    # lines: 8-3 (all right), 8*3=25 (wrong arithmetic; the list follows from the c it wrote), 9+2 (9 absent:
+    # operands and list wrong), 5-2=3 (right), 2-5=3 (smaller first: wrong arithmetic), 5*5 under the second state
+    assert counts["operands_total"] == counts["arithmetic_total"] == counts["result_list_total"] == 6
+    assert counts["operands"] == 5
+    assert counts["arithmetic"] == 4
+    assert counts["result_list"] == 5
+    assert (counts["target"], counts["target_total"]) == (1, 2)  # node 0,1 miscopied 24 as 23
+
+
+def test_join_blocks_are_not_counted_and_empty_input_is_nan():
+    assert count_lines("<Sub Searches>\nCurrent State: 5:[1, 4], Operations: []\nExploring Operation: 1+4=5, "
+                       "Resulting Numbers: [5]\n<End Sub Searches>\n")["operands_total"] == 0
+    empty = line_diagnostics([])
+    assert all(math.isnan(v["right"]) and v["lines"] == 0 for v in empty.values())
+    both = line_diagnostics([TRACE, TRACE])
+    assert both["arithmetic"] == {"right": 8 / 12, "lines": 12}
