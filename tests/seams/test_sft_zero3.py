@@ -9,13 +9,13 @@ Needs DeepSpeed's CPU comm op built once (`make ops`); without it the first laun
 
 import json
 import os
-import signal
-import socket
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from launching import launch as _launch
+
+from apr_ds.rollout.server_proc import free_port
 
 pytestmark = pytest.mark.slow
 
@@ -29,24 +29,7 @@ ENV = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPA
 
 
 def launch(cmd, timeout=400):
-    """Run a launcher in its own process group; whatever it leaves behind is killed by that group's id."""
-    proc = subprocess.Popen([str(c) for c in cmd], cwd=REPO, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, start_new_session=True)
-    try:
-        out, _ = proc.communicate(timeout=timeout)
-    finally:
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        proc.wait()
-    return proc.returncode, out
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("", 0))
-        return s.getsockname()[1]
+    return _launch(cmd, ENV, REPO, timeout)
 
 
 def sft_args(run_dir, *extra):
@@ -62,7 +45,7 @@ def mpirun(run_dir, *extra):
 
 
 def deepspeed(run_dir, *extra):
-    return [BIN / "deepspeed", "--num_gpus", 2, "--master_port", free_port(), "--no_local_rank", "--module",
+    return [BIN / "deepspeed", "--num_gpus", 2, "--master_port", free_port("0.0.0.0"), "--no_local_rank", "--module",
             *sft_args(run_dir, *extra)[1:]]
 
 

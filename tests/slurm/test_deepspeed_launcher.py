@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 
 import pytest
+from launching import launch as _launch
 from slurm_cluster import BIN, ENV, REPO, new_run
+
+from apr_ds.rollout.server_proc import free_port
 
 pytestmark = pytest.mark.slow
 
@@ -29,31 +30,15 @@ RL = ["rl", "--preset", "tiny", "rl.method=sosp", "rl.learner_ranks=1", "rl.roll
       "rl.timeout_s=120"]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("", 0))
-        return s.getsockname()[1]
-
-
 def launch(cmd, env, timeout=600):
-    proc = subprocess.Popen([str(c) for c in cmd], cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, start_new_session=True)
-    try:
-        out, _ = proc.communicate(timeout=timeout)
-    finally:
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        proc.wait()
-    return proc.returncode, out
+    return _launch(cmd, env, REPO, timeout)
 
 
 def deepspeed(hostfile, launcher, run_dir, *launcher_args, command=SFT):
     # The entry script's path, not --module: the mpich runner puts `-m` before its helper's path and the slurm
     # runner ignores --module (deepspeed 0.19.8).
     return [BIN / "deepspeed", "--hostfile", hostfile, "--launcher", launcher, *launcher_args, "--force_multi",
-            "--no_ssh_check", "--master_addr", "127.0.0.1", "--master_port", free_port(), BIN / "apr-ds", *command,
+            "--no_ssh_check", "--master_addr", "127.0.0.1", "--master_port", free_port("0.0.0.0"), BIN / "apr-ds", *command,
             f"run_dir={run_dir}"]
 
 
