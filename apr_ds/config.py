@@ -207,6 +207,10 @@ class RolloutConfig:
     temperature: float = 0.0
     top_p: float = 1.0
     top_k: int = -1
+    check_spawned_numbers: bool = False
+    """True: a spawn whose node's numbers do not follow from its parent fails the program. False (the reference
+    runtime): the child starts from the state the parent claimed; the strict verifier still replays the
+    solution path from the prompt, so a wrong step can never count as a solve."""
     sequential_children: bool = False
     """Run a spawn's children one after another instead of concurrently (for measuring what concurrency buys)."""
     concurrency: int = 16

@@ -102,6 +102,16 @@ def test_malformed_spawns_are_typed_errors(text, kind):
     assert not result  # falsy, so `if spawn:` works
 
 
+def test_without_the_numbers_check_a_child_starts_from_the_state_its_parent_claimed():
+    """The reference runtime: a wrong step in a spawned node is the verifier's business, not the spawn's."""
+    wrong = PARENT.replace("[22, 31, 27] Operation", "[22, 31, 28] Operation") + BLOCK
+    assert parse_spawn(wrong).kind == "wrong_numbers"
+    spawn = parse_spawn(wrong, check_numbers=False)
+    assert spawn.children[0].prompt() == "Moving to Node #0,1\nCurrent State: 27:[22, 31, 28], Operations: ['53-26=27']"
+    orphan = (PARENT + BLOCK).replace("Generated Node #0,1:", "Generated Node #5,1:").replace("Node #0,1\n", "Node #5,1\n")
+    assert parse_spawn(orphan, check_numbers=False).kind == "wrong_numbers"  # its parent never appears: structural
+
+
 def test_child_result_and_join_text():
     child_out = ("Moving to Node #0,1\nCurrent State: 27:[22, 31, 27], Operations: ['53-26=27']\n"
                  "Exploring Operation: 31-22=9, Resulting Numbers: [27, 9]\nGenerated Node #0,1,0: 27:[27, 9] Operation: 31-22=9\n"

@@ -121,7 +121,7 @@ class ProgramRunner:
 
     async def _spawn(self, trajectory: Trajectory, thread: Thread, text: str, token_budget, sampling: dict) -> str:
         """Run the children of the spawn that ends `text`; return the parent's joined text (or mark it failed)."""
-        spawn = parse_spawn(text)
+        spawn = parse_spawn(text, check_numbers=self.cfg.check_spawned_numbers)
         problem = None
         if isinstance(spawn, SpawnError):
             problem = f"malformed spawn ({spawn.kind}): {spawn.message}"
