@@ -138,3 +138,46 @@ def test_children_run_concurrently_or_one_after_another(solver_data, toy_model, 
             for spawn in thread.spawns:
                 spans = sorted((b.threads[c].segments[0].start, b.threads[c].segments[-1].end) for c in spawn)
                 assert all(end <= next_start for (_, end), (next_start, _) in zip(spans, spans[1:]))
+
+
+def test_programs_cut_by_a_pause_in_abort_mode_go_on_from_where_they_were(solver_data, toy_model, tmp_path):
+    """What a rollout rank does around each weight update: close the gate, pause (abort), continue, open the
+    gate. Every aborted call is resumed from its partial output, and the programs end exactly as the solver's."""
+    cfg, data = solver_data
+    chosen, traces, problems, rows = _pick(data, "apr", 8, want_spawn=True)
+    probs = [Problem.from_json(problems[i]) for i in chosen]
+
+    async def main(url):
+        from transformers import AutoTokenizer
+        admit = asyncio.Event()
+        admit.set()
+        async with RolloutClient(url) as client:
+            runner = ProgramRunner(client, AutoTokenizer.from_pretrained(str(toy_model)), get_task(cfg),
+                                   RolloutConfig(max_context=1024), admit)
+            programs = asyncio.gather(*[runner.run(p, "apr") for p in probs])
+            pauses = 0
+            while not programs.done() and pauses < 20:
+                await asyncio.sleep(0.05)
+                admit.clear()
+                await client.pause_generation("abort")
+                await client.flush_cache()  # nothing runs and nothing waits: the gate held every new request
+                await client.continue_generation()
+                admit.set()
+                pauses += 1
+            return await programs
+
+    with ServerProcess.start_ours(str(toy_model), overrides=[f"engine.replay_file={_replay(tmp_path, rows)}",
+                                                             "engine.num_threads=1", "engine.replay_compute=true"],
+                                  log_path=str(tmp_path / "server.log")).wait_healthy() as server:
+        trajectories = asyncio.run(main(server.url))
+    aborted = [s for t in trajectories for th in t.threads for s in th.segments if s.finish_reason == "abort"]
+    assert aborted, "no call was cut by a pause; the test proves nothing"
+    for i, trajectory in zip(chosen, trajectories):
+        assert trajectory.root.text == traces[i]["main_calls"][-1]
+        assert trajectory.correct == traces[i]["solved"] and trajectory.root.status == "done"
+
+
+def _replay(tmp_path, rows):
+    replay = tmp_path / "replay.jsonl"
+    replay.write_text("".join(json.dumps({"text": r["text"]}) + "\n" for r in rows))
+    return replay

@@ -149,7 +149,7 @@ class RolloutClient:
 
     # ------------------------------------------------------------------ scheduling control
 
-    async def pause_generation(self, mode: str = "retract") -> Any:
+    async def pause_generation(self, mode: str = "abort") -> Any:
         return await self.request("POST", "/pause_generation", {"mode": mode})
 
     async def continue_generation(self) -> Any:
@@ -242,7 +242,7 @@ async def connect_weight_group(clients: list[RolloutClient], master_address: str
 
 async def update_weights(clients: list[RolloutClient], bucket_metadata: list[dict], weight_version: str,
                          send_bucket: Callable[[int], None] | None = None, group_name: str = DEFAULT_GROUP,
-                         pause_mode: str = "retract") -> None:
+                         pause_mode: str = "abort") -> None:
     """pause -> one /update_weights_from_distributed per bucket -> flush -> continue, on every server.
 
     `bucket_metadata[i]` holds bucket i's names/dtypes/shapes (`weight_group.bucket_metadata`).
@@ -262,7 +262,7 @@ async def update_weights(clients: list[RolloutClient], bucket_metadata: list[dic
 
 
 async def push_weights(clients: list[RolloutClient], group, buckets: list[list[tuple[str, Any]]], weight_version: str,
-                       group_name: str = DEFAULT_GROUP, pause_mode: str = "retract") -> None:
+                       group_name: str = DEFAULT_GROUP, pause_mode: str = "abort") -> None:
     """Learner rank 0 driving the servers itself: send `buckets` of (name, tensor) through `group`."""
     from apr_ds.dist import weight_group
 

@@ -6,9 +6,12 @@ Admission control (AReaL-style): with weights at version v, this rank may have s
 eta versions ahead of the learner and never pile up; eta = 0 is synchronous on the same code path.
 
 A weight version arrives as a `WeightUpdate` over MPI; the rank then drives its server:
-pause (retract: in-flight requests keep their output and resume) -> Ready to learner rank 0 -> Go ->
-/update_weights_from_distributed per bucket, while learner rank 0 broadcasts -> /flush_cache ->
-/continue_generation. No DeepSpeed here.
+pause (abort) -> Ready to learner rank 0 -> Go -> /update_weights_from_distributed per bucket, while learner
+rank 0 broadcasts -> /flush_cache -> /continue_generation. Pause mode abort, as slime uses it: every running
+request is answered with what it has so far and its program goes on from there (a partial rollout) once the
+update is done, with the new weights; until then the rank sends no request, so the server is idle and
+/flush_cache succeeds on SGLang too (SGLang refuses to flush while requests wait, retracted ones included).
+Each token keeps the behaviour log-prob of the weights that sampled it. No DeepSpeed here.
 
 A server this rank started and that dies is restarted in place (`recover`): ServerDown to learner rank 0,
 the running groups are cancelled (they were never shipped) and queued to run again under the same index,
@@ -111,7 +114,9 @@ class RolloutRank:
         rollout = cfg.rollout
         rollout.temperature = cfg.rl.temperature
         self.cfg, self.roles, self.client, self.task, self.problems = cfg, roles, client, task, problems
-        self.runner = ProgramRunner(client, tokenizer, task, rollout)
+        self.admit = asyncio.Event()  # cleared while the server's weights change: no request is sent then
+        self.admit.set()
+        self.runner = ProgramRunner(client, tokenizer, task, rollout, self.admit)
         self.version = setup.version
         self.index, self.num_ranks = roles.rollout_index, roles.num_rollouts
         base, extra = divmod(cfg.rl.prompts_per_step, self.num_ranks)
@@ -166,9 +171,10 @@ class RolloutRank:
         """pause -> Ready -> (Go) buckets -> flush -> continue. Without Go (another server is not ready) the
         server just resumes; learner rank 0 retries once every server is back in the group."""
         ready = self.in_group and not (self.restart_server is not None and self.restart_server.dead())
+        self.admit.clear()
         if ready:
             try:
-                await self.client.pause_generation("retract")
+                await self.client.pause_generation("abort")
             except ServerError:
                 ready = False
         self.roles.world.send(Ready(self.index, ready), dest=0, tag=SERVER_STATUS)
@@ -180,6 +186,7 @@ class RolloutRank:
             await self.client.flush_cache()
         if ready:
             await self.client.continue_generation()
+        self.admit.set()
         if not (ready and go.proceed):
             return
         self.version = update.version

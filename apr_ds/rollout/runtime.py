@@ -25,10 +25,16 @@ from apr_ds.rollout.client import ServerError
 from apr_ds.rollout.trajectory import Segment, Thread, Trajectory
 
 
+MAX_RESUMES = 64
+"""Generation calls a thread may resume after the server aborted them (one per weight update it lived through)."""
+
+
 class ProgramRunner:
-    def __init__(self, client, tokenizer, task, cfg):
-        """`cfg` is a RolloutConfig; `task` a Task (prompts and the verifier)."""
+    def __init__(self, client, tokenizer, task, cfg, admit: asyncio.Event | None = None):
+        """`cfg` is a RolloutConfig; `task` a Task (prompts and the verifier). `admit`, when given, must be set for
+        a request to be sent: a rollout rank clears it while it updates its server's weights."""
         self.client, self.tokenizer, self.task, self.cfg = client, tokenizer, task, cfg
+        self.admit = admit
         self.bos, self.eos = tokenizer.bos_token_id, tokenizer.eos_token_id
 
     def encode(self, text: str) -> list[int]:
@@ -70,7 +76,7 @@ class ProgramRunner:
         text, context = prompt, self.encode(prompt)
         max_segments = 2 * self.cfg.max_spawns + 2
         while thread.status == "running":
-            if len(thread.segments) >= max_segments:
+            if sum(s.finish_reason != "abort" for s in thread.segments) >= max_segments:
                 thread.status, thread.error = "failed", f"more than {max_segments} generation calls"
                 break
             segment = await self._generate(thread, context, sampling)
@@ -87,6 +93,8 @@ class ProgramRunner:
                 continue
             text += out_text
             context = context + segment.output_ids
+            if segment.finish_reason == "abort" and len(thread.segments) < max_segments + MAX_RESUMES:
+                continue  # paused for a weight update (pause mode abort): go on from here with the new weights
             if segment.finish_reason == "length":
                 thread.status, thread.error = "truncated", f"context reached rollout.max_context={self.cfg.max_context}"
             elif segment.finish_reason != "stop":
@@ -106,6 +114,8 @@ class ProgramRunner:
         if max_new <= 0:
             thread.status, thread.error = "truncated", f"prompt of {len(context)} tokens fills rollout.max_context"
             return None
+        if self.admit is not None:
+            await self.admit.wait()
         start = time.time()
         try:
             gen = await self.client.generate_tokens(context, {**sampling, "max_new_tokens": max_new})

@@ -44,7 +44,7 @@ def test_learner_broadcast_updates_the_server_weights_exactly(tmp_path):
             try:
                 in_flight = asyncio.create_task(client.generate_tokens([1, 33], {"max_new_tokens": 600, **GREEDY}))
                 await wait_for_load(client, lambda load: load["num_reqs"] == 1)
-                await push_weights([client], group, buckets, weight_version="step-1")
+                await push_weights([client], group, buckets, weight_version="step-1", pause_mode="retract")
                 refused = await refused_bucket(client, group)
                 served = {name: await client.get_weights_by_name(name, truncate_size=10**9) for name, _ in new_params}
                 after = await client.generate_tokens(PROMPT, {"max_new_tokens": 8, **GREEDY})
