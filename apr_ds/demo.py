@@ -61,10 +61,13 @@ def main(args) -> int:
     from apr_ds.cli import config_from_args
     cfg = config_from_args(args)
     run_dir = Path(cfg.run_dir if cfg.run_dir != "runs/tiny" else "runs/demo")
+    shipped = Path(args.shipped)
+    if not args.skip_shipped and not (shipped / "MANIFEST.json").is_file():  # before 10 minutes of part 1, not after
+        raise UserError(f"no shipped checkpoints at {shipped} (MANIFEST.json); pass --shipped DIR or --skip-shipped")
     started, times = time.time(), {}
     fresh_pipeline(run_dir / "tiny", args, times)
     if not args.skip_shipped:
-        shipped_models(run_dir / "cpu", Path(args.shipped), args, times)
+        shipped_models(run_dir / "cpu", shipped, args, times)
     print_summary(run_dir, times, time.time() - started)
     return 0
 
@@ -95,8 +98,6 @@ def fresh_pipeline(run_dir: Path, args, times: dict) -> None:
 def shipped_models(run_dir: Path, shipped: Path, args, times: dict) -> None:
     """Evaluate the shipped cpu-preset models; their test split is regenerated (growing task.num_train never
     changes val/test, so a small train split gives the very test problems of docs/results.md)."""
-    if not (shipped / "MANIFEST.json").is_file():
-        raise UserError(f"no shipped checkpoints at {shipped} (MANIFEST.json); pass --shipped DIR or --skip-shipped")
     common = ["--preset", "cpu", f"run_dir={run_dir}"]
     one_thread = {"OMP_NUM_THREADS": "1"}
     times["cpu_data"] = _run("data (cpu task, for the shipped models)", ["data", *common, "task.num_train=2000"])
