@@ -80,7 +80,10 @@ def sft_job(slurm, tiny_data, tmp_path_factory):
     slurm.cmd("scontrol", "requeue", job_id)  # what a preemption or node failure does to a --requeue job
     job = slurm.wait(job_id, until={"PENDING"}, check=lambda job: job.get("Restarts") == "1" and job["JobState"] == "RUNNING")
     if job["JobState"] == "PENDING":
-        slurm.cmd("scontrol", "update", f"JobId={job_id}", "StartTime=now", check=False)  # skip the requeue hold-off
+        # Skip the requeue hold-off, but not within the second of the requeue: slurm revokes the job's credentials
+        # as of that second, and a start in the same second fails with "Job credential revoked".
+        time.sleep(2)
+        slurm.cmd("scontrol", "update", f"JobId={job_id}", "StartTime=now", check=False)
     job = slurm.wait(job_id)
     eval_job = slurm.wait(eval_id)
     return run_dir, work, job_id, job, eval_id, eval_job
