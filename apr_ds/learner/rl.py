@@ -85,31 +85,31 @@ class Batcher:
             elif isinstance(message, Ready):
                 self.ready[message.rollout_index] = message.ok
 
-    def all_ready(self, num_rollouts: int) -> bool:
-        """Wait for every rollout rank's Ready to the WeightUpdate just sent; True if all servers can receive."""
+    def _wait_until(self, done, failure) -> None:
+        """Poll the rollout ranks' status (draining their groups meanwhile, so their sends complete) until
+        `done()`; after rl.timeout_s raise UserError(failure())."""
         deadline = time.monotonic() + self.timeout_s
         self.poll_status()
-        while len(self.ready) < num_rollouts:
+        while not done():
             if time.monotonic() > deadline:
-                raise UserError(f"rollout rank(s) {sorted(set(range(num_rollouts)) - set(self.ready))} did not answer "
-                                f"a weight update within {self.timeout_s:.0f}s (rl.timeout_s)")
+                raise UserError(failure())
             self._drain()
-            time.sleep(0.001)
+            time.sleep(0.002)
             self.poll_status()
+
+    def all_ready(self, num_rollouts: int) -> bool:
+        """Wait for every rollout rank's Ready to the WeightUpdate just sent; True if all servers can receive."""
+        self._wait_until(lambda: len(self.ready) >= num_rollouts, lambda: (
+            f"rollout rank(s) {sorted(set(range(num_rollouts)) - set(self.ready))} did not answer a weight update "
+            f"within {self.timeout_s:.0f}s (rl.timeout_s)"))
         ready, self.ready = all(self.ready.values()), {}
         return ready
 
     def wait_for_a_restart(self) -> None:
         """A server was not ready: its rank reports ServerDown, then ServerBack. Wait for the report."""
-        deadline = time.monotonic() + self.timeout_s
-        self.poll_status()
-        while not (self.down or self.back):
-            if time.monotonic() > deadline:
-                raise UserError(f"a rollout rank's server could not take a weight update and was not restarted "
-                                f"within {self.timeout_s:.0f}s (rl.timeout_s); see the server logs")
-            self._drain()
-            time.sleep(0.01)
-            self.poll_status()
+        self._wait_until(lambda: self.down or self.back, lambda: (
+            f"a rollout rank's server could not take a weight update and was not restarted within "
+            f"{self.timeout_s:.0f}s (rl.timeout_s); see the server logs"))
 
     def _wait_for_group(self) -> bool:
         """Block until a group arrives (True) or a restarted server waits for its weights (False)."""
@@ -126,15 +126,9 @@ class Batcher:
 
     def wait_for_restarts(self) -> None:
         """Before a weight sync: every server that died must be back (a broadcast to a dead member fails)."""
-        deadline = time.monotonic() + self.timeout_s
-        self.poll_status()
-        while self.down:
-            if time.monotonic() > deadline:
-                raise UserError(f"the server of rollout rank(s) {sorted(self.down)} did not come back within "
-                                f"{self.timeout_s:.0f}s (rl.timeout_s); see their server logs")
-            self._drain()  # keeps the other rollout ranks' sends completing meanwhile
-            time.sleep(0.01)
-            self.poll_status()
+        self._wait_until(lambda: not self.down, lambda: (
+            f"the server of rollout rank(s) {sorted(self.down)} did not come back within {self.timeout_s:.0f}s "
+            f"(rl.timeout_s); see their server logs"))
 
     def take(self, count: int, version: int, max_staleness: int) -> tuple[list | None, float, list[int]]:
         """`count` groups usable at learner version `version`. Returns (groups, seconds waited, their staleness);
