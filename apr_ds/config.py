@@ -60,12 +60,15 @@ class SolverConfig:
 
     heuristic: str = "mult"
     """`mult` (distance to the nearest factor of the target; the one the reference really uses) or `sum`."""
+    sosp_min_beam: int = 1
     sosp_max_beam: int = 5
-    """SoS+ beam width is drawn uniformly from 1..sosp_max_beam."""
+    """SoS+ beam width is drawn uniformly from sosp_min_beam..sosp_max_beam (the reference: 1..5).
+    Greedy decoding imitates the most common width, so a wide fixed beam (min = max) teaches the widest search."""
     sosp_subsearch_probability: float = 0.5
     """SoS+ chance of an inline recursive sub search at each expansion."""
+    apr_min_beam: int = 1
     apr_max_beam: int = 10
-    """APR main-thread beam width is drawn uniformly from 1..apr_max_beam."""
+    """APR main-thread beam width is drawn uniformly from apr_min_beam..apr_max_beam (the reference: 1..10)."""
     apr_max_child_beam: int = 15
     """APR child beam width is drawn uniformly from beam..apr_max_child_beam."""
     spawn_probability: float = 0.9
@@ -139,6 +142,9 @@ class SFTConfig:
     """Clip the global gradient norm to this; 0 turns clipping off."""
     seed: int = 0
     """Seeds model init and the data order (with the epoch)."""
+    init_model: str = ""
+    """Start from this Hugging Face model directory instead of fresh weights (a second SFT stage on new data).
+    `{method}` is replaced by sft.method. Its tokenizer must be the data's and its shape the model preset's."""
     bucket_steps: int = 50
     """Length bucketing: each window of this many steps' sequences is sorted by length before it is cut into batches.
     Larger wastes less compute on padding; 1 still buckets within a step."""

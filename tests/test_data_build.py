@@ -106,8 +106,22 @@ def test_filtering_options(tmp_path):
     assert stats["tokens_per_sequence"]["max"] <= 200
 
 
+def test_a_fixed_beam_spawns_that_many_children(tmp_path):
+    import sys
+    cli = [sys.executable, "-m", "apr_ds.cli"]
+    _build(cli, tmp_path / "mixed", "solver.apr_max_beam=3", "solver.apr_max_child_beam=3", "data.workers=1")
+    _build(cli, tmp_path / "fixed", "solver.apr_min_beam=3", "solver.apr_max_beam=3", "solver.apr_max_child_beam=3",
+           "data.workers=1")
+    children = {run: json.loads((tmp_path / run / "data" / "manifest.json").read_text())["methods"]["apr"]["train"]
+                ["children_per_spawn"] for run in ("mixed", "fixed")}
+    assert children["fixed"] == 3.0 and 2.0 <= children["mixed"] < 3.0  # beam 2 spawns two; beam 1 never spawns
+
+
 def test_bad_option_is_a_clear_error(tmp_path):
     import sys
     proc = subprocess.run([sys.executable, "-m", "apr_ds.cli", "data", f"run_dir={tmp_path}", "data.over_length=truncate"],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "data.over_length must be drop or keep" in proc.stderr and "Traceback" not in proc.stderr
+    proc = subprocess.run([sys.executable, "-m", "apr_ds.cli", "data", f"run_dir={tmp_path}", "solver.sosp_min_beam=4",
+                           "solver.sosp_max_beam=3"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "solver.sosp_min_beam must be between 1 and solver.sosp_max_beam, got 4..3" in proc.stderr

@@ -55,3 +55,27 @@ def test_resume_from_an_incomplete_checkpoint(capsys, run_dir):
     assert code == 2 and "incomplete" in err
     code, err = run_cli(capsys, "export", str(half), str(run_dir / "out"))
     assert code == 2 and "incomplete" in err
+
+
+def test_init_model_that_does_not_fit(capsys, run_dir, tmp_path):
+    from apr_ds.model import build_model, llama_config, save_hf
+
+    code, err = run_cli(capsys, "sft", "--preset", "tiny", f"run_dir={run_dir}", f"sft.init_model={tmp_path}/none/{{method}}")
+    assert code == 2 and f"{tmp_path}/none/sosp is not a model directory" in err
+
+    tokenizer_dir = run_dir / "data" / "tokenizer"
+    config = llama_config("cpu", _vocab(run_dir))
+    model = save_hf(build_model(config, seed=0).state_dict(), config, tmp_path / "cpu_shaped", tokenizer_dir)
+    code, err = run_cli(capsys, "sft", "--preset", "tiny", f"run_dir={run_dir}", f"sft.init_model={model}")
+    assert code == 2 and "does not have the model preset's shape: hidden_size 192 (preset 128)" in err
+
+    config = llama_config("tiny", _vocab(run_dir))
+    model = save_hf(build_model(config, seed=0).state_dict(), config, tmp_path / "other_tokenizer", tokenizer_dir)
+    (model / "tokenizer.json").write_text((model / "tokenizer.json").read_text() + " ")
+    code, err = run_cli(capsys, "sft", "--preset", "tiny", f"run_dir={run_dir}", f"sft.init_model={model}")
+    assert code == 2 and "has a different tokenizer from the data's" in err
+
+
+def _vocab(run_dir):
+    import json
+    return json.loads((run_dir / "data" / "manifest.json").read_text())["vocab_size"]

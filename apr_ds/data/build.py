@@ -86,6 +86,10 @@ def build(cfg) -> dict:
         raise UserError(f"data.over_length must be drop or keep, got {cfg.data.over_length!r}")
     if cfg.data.workers < 1:
         raise UserError(f"data.workers must be >= 1, got {cfg.data.workers}")
+    for method in ("sosp", "apr"):
+        low, high = getattr(cfg.solver, f"{method}_min_beam"), getattr(cfg.solver, f"{method}_max_beam")
+        if not 1 <= low <= high:
+            raise UserError(f"solver.{method}_min_beam must be between 1 and solver.{method}_max_beam, got {low}..{high}")
     out = Path(cfg.run_dir) / "data"
     save_config(cfg, out)
     tokenizer = install_tokenizer(out / "tokenizer", cfg.data.tokenizer)

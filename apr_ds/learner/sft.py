@@ -29,6 +29,7 @@ steps and ranks yields exactly that global per-token mean, however lengths fall 
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -70,6 +71,7 @@ def train(cfg, resume: str = "auto", stop_after: int | None = None) -> dict:
     context = model_config.max_position_embeddings
     plan = BatchPlan(data.train.lengths(context), sft.global_batch, sft.micro_batch, world_size, sft.seed, sft.bucket_steps)
     resume_path = resolve_resume(resume, out / "checkpoints")
+    init_model = check_init_model(sft, data, model_config)
     truncated = int((data.train.lengths() > context).sum())
     if truncated:
         log.warning(f"{truncated} of {len(data.train)} training sequences are longer than the model context {context} "
@@ -77,19 +79,40 @@ def train(cfg, resume: str = "auto", stop_after: int | None = None) -> dict:
 
     init_distributed()
     try:
-        return _train(cfg, out, ds_config, data, model_config, plan, resume_path, stop_after)
+        return _train(cfg, out, ds_config, data, model_config, plan, resume_path, init_model, stop_after)
     finally:
         close_distributed()
 
 
-def _train(cfg, out, ds_config, data, model_config, plan, resume_path, stop_after) -> dict:
+def check_init_model(sft, data, model_config) -> Path | None:
+    """The model directory a continued SFT starts from, checked against the data and the preset; None = fresh weights."""
+    from apr_ds.data.tokenizer import tokenizer_sha256
+
+    if not sft.init_model:
+        return None
+    path = Path(sft.init_model.replace("{method}", sft.method))
+    if not (path / "config.json").is_file():
+        raise UserError(f"sft.init_model: {path} is not a model directory (no config.json)")
+    if tokenizer_sha256(path) != data.manifest["tokenizer_sha256"]:
+        raise UserError(f"sft.init_model: {path} has a different tokenizer from the data's; continued SFT needs the same one")
+    saved = json.loads((path / "config.json").read_text())
+    expected = model_config.to_dict()
+    keys = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
+            "intermediate_size", "max_position_embeddings", "tie_word_embeddings")
+    differ = [f"{k} {saved.get(k)} (preset {expected.get(k)})" for k in keys if saved.get(k) != expected.get(k)]
+    if differ:
+        raise UserError(f"sft.init_model: {path} does not have the model preset's shape: {', '.join(differ)}")
+    return path
+
+
+def _train(cfg, out, ds_config, data, model_config, plan, resume_path, init_model, stop_after) -> dict:
     import torch.distributed as dist
     from tqdm import tqdm
 
     from apr_ds.config import save_config
     from apr_ds.learner.checkpoint import checkpoint_tag, load_checkpoint, save_checkpoint
     from apr_ds.learner.engine import build_engine, lr_at
-    from apr_ds.model import build_model
+    from apr_ds.model import build_model, load_hf
 
     sft, rank, world_size = cfg.sft, dist.get_rank(), dist.get_world_size()
     if world_size != plan.world_size:
@@ -97,7 +120,8 @@ def _train(cfg, out, ds_config, data, model_config, plan, resume_path, stop_afte
                         f"environment (WORLD_SIZE / PMI_SIZE / OMPI_COMM_WORLD_SIZE)")
     context = model_config.max_position_embeddings
     tokenizer_sha = data.manifest["tokenizer_sha256"]
-    engine = build_engine(build_model(model_config, seed=sft.seed), sft, ds_config)
+    model = load_hf(init_model).train() if init_model else build_model(model_config, seed=sft.seed)
+    engine = build_engine(model, sft, ds_config)
     start = 0
     if resume_path is not None:
         start = load_checkpoint(engine, resume_path, world_size, tokenizer_sha)["step"]
@@ -107,7 +131,8 @@ def _train(cfg, out, ds_config, data, model_config, plan, resume_path, stop_afte
     writer = ScalarWriter(out / "tb", enabled=rank == 0)
     evaluator = Evaluator(cfg, data, model_config, context)
     log.info(f"sft {sft.method}: {world_size} ranks, {plan.accumulation} accumulation steps, "
-             f"{len(data.train)} train sequences ({plan.steps_per_epoch} steps/epoch), steps {start}->{sft.steps}")
+             f"{len(data.train)} train sequences ({plan.steps_per_epoch} steps/epoch), steps {start}->{sft.steps}"
+             + (f", from {init_model}" if init_model else ""))
 
     def trainer_state(step):
         return {"step": step, "epoch": step // plan.steps_per_epoch, "step_in_epoch": step % plan.steps_per_epoch,

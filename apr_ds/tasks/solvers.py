@@ -219,9 +219,9 @@ def problem_rng(seed: int, method: str, index: int) -> random.Random:
 
 
 def solve_sosp(problem: Problem, cfg, rng: random.Random) -> SolverRun:
-    """`cfg` is a SolverConfig. Beam ~ U{1..sosp_max_beam}."""
+    """`cfg` is a SolverConfig. Beam ~ U{sosp_min_beam..sosp_max_beam}."""
     heuristic = HEURISTICS[cfg.heuristic]
-    beam = rng.randint(1, cfg.sosp_max_beam)
+    beam = rng.randint(cfg.sosp_min_beam, cfg.sosp_max_beam)
     root = Node("0", list(problem.nums), [], heuristic(problem.nums, problem.target))
     solver = SoSPlusSolver(problem.target, heuristic, rng, beam, cfg.sosp_subsearch_probability)
     text, goal = solver.search(root, root)
@@ -232,9 +232,9 @@ def solve_sosp(problem: Problem, cfg, rng: random.Random) -> SolverRun:
 
 
 def solve_apr(problem: Problem, cfg, rng: random.Random) -> SolverRun:
-    """Beam ~ U{1..apr_max_beam}, child beam ~ U{beam..apr_max_child_beam}."""
+    """Beam ~ U{apr_min_beam..apr_max_beam}, child beam ~ U{beam..apr_max_child_beam}."""
     heuristic = HEURISTICS[cfg.heuristic]
-    beam = rng.randint(1, cfg.apr_max_beam)
+    beam = rng.randint(cfg.apr_min_beam, cfg.apr_max_beam)
     child_beam = rng.randint(beam, max(beam, cfg.apr_max_child_beam))
     root = Node("0", list(problem.nums), [], heuristic(problem.nums, problem.target))
     solver = APRSolver(problem.target, heuristic, rng, child_beam, cfg.spawn_probability, cfg.max_spawn_depth)

@@ -159,3 +159,15 @@ def test_world_size_not_dividing_the_batch_stops_every_rank(straight):
     code, out = launch(torchrun(straight, "sft.global_batch=12"))
     assert code != 0
     assert "apr-ds sft: error: world size 2 does not divide the batch" in out
+
+
+def test_a_second_stage_starts_from_the_given_model(straight, tmp_path_factory, data_dir):
+    run_dir = new_run(tmp_path_factory, "second_stage", data_dir)
+    code, out = launch(torchrun(run_dir, "sft.steps=2", "sft.warmup_steps=1", "sft.save_every=2", "sft.eval_every=2",
+                                f"sft.init_model={straight}/sft/{{method}}/hf"))
+    assert code == 0, out[-4000:]
+    assert f"from {straight}/sft/sosp/hf" in out
+    first, trained = scalars(straight, "train/loss"), scalars(run_dir, "train/loss")
+    # Same data order (seed 0): step 1 scores straight's first batch with straight's final weights, not fresh ones.
+    assert trained[1] < first[1] - 0.3
+    assert trained[1] == pytest.approx(first[STEPS], abs=0.3)
