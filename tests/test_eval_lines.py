@@ -29,6 +29,20 @@ def test_each_skill_is_counted_against_the_current_state():
     assert counts["arithmetic"] == 4
     assert counts["result_list"] == 5
     assert (counts["target"], counts["target_total"]) == (1, 2)  # node 0,1 miscopied 24 as 23
+    assert counts["distinct"] == counts["distinct_total"] == 6
+
+
+def test_an_operation_repeated_from_the_same_state_is_not_distinct():
+    trace = ("Current State: 16:[19, 16, 10, 2], Operations: []\n"
+             "Exploring Operation: 19-10=9, Resulting Numbers: [16, 2, 9]\n"
+             "Exploring Operation: 19-10=9, Resulting Numbers: [16, 2, 9]\n"
+             "Exploring Operation: 2+16=18, Resulting Numbers: [19, 10, 18]\n"
+             "Exploring Operation: 16+2=18, Resulting Numbers: [19, 10, 18]\n"
+             "Exploring Operation: 10-2=8, Resulting Numbers: [19, 16, 8]\n"
+             "Current State: 16:[16, 2, 9], Operations: ['19-10=9']\n"
+             "Exploring Operation: 19-10=9, Resulting Numbers: [16, 2, 9]\n")  # a new state starts a new set
+    counts = count_lines(trace)
+    assert (counts["distinct"], counts["distinct_total"]) == (4, 6)
 
 
 def test_join_blocks_are_not_counted_and_empty_input_is_nan():

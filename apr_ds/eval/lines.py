@@ -7,6 +7,8 @@ a child's lines into its parent, are skipped), against the `Current State` it wa
     operands     both operands are in the state's numbers (as a multiset)
     arithmetic   a op b = c is right (subtraction larger first, exact division)
     result_list  `Resulting Numbers` equals the state's numbers minus the operands plus c (as multisets)
+    distinct     the operation was not already explored from this state (a repeat wastes a beam slot;
+                 a+b and b+a, a*b and b*a are the same operation)
 and for every `Generated Node` line:
     target       the node's target is the state's target (state copying)
 """
@@ -18,7 +20,7 @@ from collections import Counter
 from apr_ds.lang.render import JOIN_CLOSE, JOIN_OPEN
 from apr_ds.lang.syntax import EXPLORE_RE, GENERATED_RE, STATE_RE
 
-SKILLS = ("operands", "arithmetic", "result_list", "target")
+SKILLS = ("operands", "arithmetic", "result_list", "distinct", "target")
 
 
 def _ints(text: str) -> list[int]:
@@ -38,7 +40,7 @@ def _arithmetic_ok(a: int, sign: str, b: int, c: int) -> bool:
 def count_lines(text: str) -> Counter:
     """Counts `{skill}` (right) and `{skill}_total` over one thread's text."""
     counts: Counter = Counter()
-    state, in_join = None, False
+    state, explored, in_join = None, set(), False
     for line in text.splitlines():
         if line.startswith(JOIN_OPEN):
             in_join = True
@@ -46,15 +48,18 @@ def count_lines(text: str) -> Counter:
             in_join = not line.startswith(JOIN_CLOSE)
             continue
         if m := STATE_RE.match(line):
-            state = (int(m.group(1)), _ints(m.group(2)))
+            state, explored = (int(m.group(1)), _ints(m.group(2))), set()
         elif (m := EXPLORE_RE.match(line)) and state is not None:
             a, sign, b, c = int(m.group(1)), m.group(2), int(m.group(3)), int(m.group(4))
             pool = Counter(state[1])
             operands_ok = pool[a] >= 1 and pool[b] >= 1 and (a != b or pool[a] >= 2)
             expected = (pool - Counter([a, b])) + Counter([c]) if operands_ok else None
-            counts.update({"operands_total": 1, "arithmetic_total": 1, "result_list_total": 1,
+            operation = (min(a, b), sign, max(a, b)) if sign in "+*" else (a, sign, b)
+            counts.update({"operands_total": 1, "arithmetic_total": 1, "result_list_total": 1, "distinct_total": 1,
                            "operands": operands_ok, "arithmetic": _arithmetic_ok(a, sign, b, c),
-                           "result_list": expected is not None and Counter(_ints(m.group(5))) == expected})
+                           "result_list": expected is not None and Counter(_ints(m.group(5))) == expected,
+                           "distinct": operation not in explored})
+            explored.add(operation)
         elif (m := GENERATED_RE.match(line)) and state is not None:
             counts.update({"target_total": 1, "target": int(m.group(2)) == state[0]})
     return counts
