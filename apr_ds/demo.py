@@ -103,7 +103,7 @@ def shipped_models(run_dir: Path, shipped: Path, args, times: dict) -> None:
     times["cpu_data"] = _run("data (cpu task, for the shipped models)", ["data", *common, "task.num_train=2000"])
     windows = ["rollout.max_context=768", "eval.context_windows=[512,768]", f"eval.num_problems={args.shipped_problems}"]
     evals = [("sosp", "sosp", "_shipped", []), ("apr", "apr", "_shipped", []), ("apr", "apr_rl", "_rl_shipped", []),
-             ("bon", "sosp", "_shipped", ["eval.n=4", "eval.temperatures=[1.0]"])]
+             ("bon", "sosp", "_shipped", ["eval.n=4", "eval.temperatures=[0.7]"])]
     for method, model, tag, extra in evals:
         times[f"eval_{method}{tag}"] = _run(f"eval shipped {model} ({method})", [
             "eval", *common, "--model", str(shipped / model), "--method", method, "--tag", tag, *windows, *extra],

@@ -120,6 +120,7 @@ async def evaluate(cfg, method: str, model: str, url: str, problems: list, out_d
         with open(trajectories_path, "w") as trajectories_file:
             for temperature, budget in settings:
                 bar = tqdm(total=len(problems) * samples, desc=f"{method} T={temperature} budget={budget}", unit="prog")
+                solved = [0]  # programs correct so far, for the running accuracy on the bar
 
                 async def one(problem, sample):
                     async with gate:
@@ -127,8 +128,9 @@ async def evaluate(cfg, method: str, model: str, url: str, problems: list, out_d
                                                       sub_call_budget=budget if method == "apr" else None,
                                                       token_budget=budget if method != "apr" else None,
                                                       temperature=temperature)
+                    solved[0] += trajectory.correct
                     bar.update(1)
-                    bar.set_postfix(acc=f"{trajectory.correct:.0f}")
+                    bar.set_postfix(acc=f"{solved[0] / bar.n:.1%}")
                     return trajectory
                 started = time.time()
                 try:
