@@ -73,3 +73,14 @@ def test_token_logprobs_match_log_softmax():
     targets = torch.randint(0, 7, (2, 4))
     expected = torch.log_softmax(logits, -1)[torch.arange(2)[:, None], torch.arange(4)[None, :], targets]
     assert torch.allclose(token_logprobs(logits, targets), expected)
+
+
+def test_one_token_the_policy_ruled_out_cannot_dominate_the_kl():
+    logp = torch.tensor([[-16.0, -1.0]], requires_grad=True)   # ref/pi = e^15 on token 1
+    ref = torch.tensor([[-1.0, -1.0]])
+    ones = torch.ones(1, 2)
+    loss, stats = grpo_loss(logp, logp.detach(), logp.detach(), ref, ones, torch.zeros(1), torch.ones(1), 1,
+                            LossSettings(beta=1.0))
+    assert stats["kl"] == pytest.approx(10.0 / 2)   # capped at 10 per token (uncapped: e^15 - 16 ~ 3.3e6)
+    loss.backward()
+    assert logp.grad.abs().max().item() < 1e-6      # the capped token pushes no gradient

@@ -9,7 +9,9 @@ Per sequence s, over its generated tokens t only (prompt tokens, including inser
     w_t     = min(exp(logp_prox - logp_behav), is_cap)        truncated importance weight (behaviour -> proximal)
     ratio_t = exp(logp - logp_prox)
     pg_t    = -w_t * min(ratio_t * A, clip(ratio_t, 1 - eps, 1 + eps) * A)
-    kl_t    = exp(ref - logp) - (ref - logp) - 1               k3 estimator against the frozen SFT reference
+    kl_t    = min(exp(d) - d - 1, 10), d = clamp(ref - logp, ±20)   k3 estimator against the frozen SFT reference,
+              capped per token as verl's low_var_kl: one token the policy has all but ruled out (ref/pi = e^15)
+              otherwise outweighs the whole batch (cpu run, docs/results.md: KL 27 and grad norm 15 in one step)
 where logp is the current policy (with gradient), logp_prox the learner's policy when this optimizer step
 began (no gradient; recomputed by the learner), and logp_behav the log-probs the inference server returned
 when it sampled the tokens, possibly several weight versions ago. This is AReaL's decoupled PPO: the clip
@@ -39,6 +41,10 @@ def token_logprobs(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return torch.log_softmax(logits.float(), dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
 
 
+KL_LOG_RATIO_CAP = 20.0
+KL_TOKEN_CAP = 10.0
+
+
 @dataclass
 class LossSettings:
     clip_eps: float = 0.2
@@ -63,8 +69,8 @@ def grpo_loss(logp: torch.Tensor, logp_prox: torch.Tensor, logp_behav: torch.Ten
     loss = pg_seq.sum()
     kl_seq = torch.zeros_like(pg_seq)
     if ref_logp is not None:
-        diff = ref_logp - logp
-        kl_seq = ((torch.exp(diff) - diff - 1) * mask).sum(-1) / tokens
+        diff = (ref_logp - logp).clamp(-KL_LOG_RATIO_CAP, KL_LOG_RATIO_CAP)
+        kl_seq = ((torch.exp(diff) - diff - 1).clamp(max=KL_TOKEN_CAP) * mask).sum(-1) / tokens
         if settings.beta:
             loss = loss + settings.beta * kl_seq.sum()
     n = mask.sum().clamp(min=1.0)
