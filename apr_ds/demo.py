@@ -12,10 +12,10 @@ cleanup are the real ones):
 At this budget the models learn the trace language but solve almost nothing (cpu-scale-probe §5): part 1
 proves the pipeline, not the method.
 
-Part 2, the models shipped in checkpoints/cpu/ (trained by the cpu preset for about 75 min each;
-docs/results.md): the cpu task's held-out test problems (the same split docs/results.md reports on),
-SoS+, APR, APR+RL and best-of-4 SoS+ at context windows 512 and 768, and a few RL steps from the shipped
-APR model. Then one report per part and a summary that says which numbers come from where.
+Part 2, the models shipped in checkpoints/cpu/ (trained offline by tools/reproduce_cpu.sh, about 2 hours
+per method; docs/results.md): the cpu task's held-out test problems (the same split docs/results.md reports
+on), SoS+, APR, APR+RL and best-of-4 SoS+ at context windows 512 and 768, and a few RL steps from the
+shipped APR model. Then one report per part and a summary that says which numbers come from where.
 """
 
 from __future__ import annotations
