@@ -120,17 +120,18 @@ async def evaluate(cfg, method: str, model: str, url: str, problems: list, out_d
         with open(trajectories_path, "w") as trajectories_file:
             for temperature, budget in settings:
                 bar = tqdm(total=len(problems) * samples, desc=f"{method} T={temperature} budget={budget}", unit="prog")
-                solved = [0]  # programs correct so far, for the running accuracy on the bar
+                solved = 0  # programs correct so far, for the running accuracy on the bar
 
                 async def one(problem, sample):
+                    nonlocal solved
                     async with gate:
                         trajectory = await runner.run(problem, "sosp" if method == "bon" else method,
                                                       sub_call_budget=budget if method == "apr" else None,
                                                       token_budget=budget if method != "apr" else None,
                                                       temperature=temperature)
-                    solved[0] += trajectory.correct
+                    solved += trajectory.correct
                     bar.update(1)
-                    bar.set_postfix(acc=f"{solved[0] / bar.n:.1%}")
+                    bar.set_postfix(acc=f"{solved / bar.n:.1%}")
                     return trajectory
                 started = time.time()
                 try:
