@@ -142,36 +142,56 @@ start_daemon() {  # name binary...
     echo $! >"$STATE_DIR/$name.pid"
 }
 
-cmd_start() {
-    if live_pid "$STATE_DIR/slurmctld.pid" >/dev/null && live_pid "$STATE_DIR/slurmd.pid" >/dev/null; then
-        say "already running in $STATE_DIR"
-    else
-        [[ $(id -u) == 0 ]] || { say "starting slurmd needs root"; exit $NO_SLURM; }
-        install_slurm
-        cmd_stop quiet  # whatever a previous start in this directory left behind
-        rm -rf "$STATE_DIR/state" "$STATE_DIR/spool"
-        write_config
-        start_munge
-        export SLURM_CONF=$STATE_DIR/slurm.conf
-        start_daemon slurmctld slurmctld -D -i -f "$SLURM_CONF"
-        start_daemon slurmd slurmd -D -f "$SLURM_CONF" -N "$(<"$STATE_DIR/node")"
-    fi
+start_daemons() {
+    rm -rf "$STATE_DIR/state" "$STATE_DIR/spool"
+    write_config
+    start_munge
     export SLURM_CONF=$STATE_DIR/slurm.conf
-    local node state deadline=$((SECONDS + START_TIMEOUT_S))
+    start_daemon slurmctld slurmctld -D -i -f "$SLURM_CONF"
+    start_daemon slurmd slurmd -D -f "$SLURM_CONF" -N "$(<"$STATE_DIR/node")"
+}
+
+# 0 once the node is idle; 1 if a daemon exited first (its log tail and exit status are printed); dies on timeout.
+wait_until_idle() {
+    local node state daemon pid status deadline=$((SECONDS + START_TIMEOUT_S))
     node=$(<"$STATE_DIR/node")
     while :; do
         for daemon in munged slurmctld slurmd; do
-            live_pid "$STATE_DIR/$daemon.pid" >/dev/null || {
-                tail -n 20 "$STATE_DIR/log/$daemon".* >&2 || true
-                die "$daemon exited during start; logs in $STATE_DIR/log"
-            }
+            live_pid "$STATE_DIR/$daemon.pid" >/dev/null && continue
+            pid=$(<"$STATE_DIR/$daemon.pid")
+            status=0
+            wait "$pid" 2>/dev/null || status=$?  # only our own children report; 127 means not ours
+            tail -n 20 "$STATE_DIR/log/$daemon".* >&2 || true
+            say "$daemon (pid $pid) exited during start with status $status; logs in $STATE_DIR/log"
+            return 1
         done
         state=$(timeout 10 sinfo -h -n "$node" -o %T 2>/dev/null || true)
-        [[ $state == idle ]] && break
+        [[ $state == idle ]] && return 0
         ((SECONDS < deadline)) || die "node $node is '${state:-unreachable}', not idle, after ${START_TIMEOUT_S} s; logs in $STATE_DIR/log"
         sleep 0.5
     done
-    say "node $node idle; use: export SLURM_CONF=$SLURM_CONF"
+}
+
+cmd_start() {
+    local attempt attempts=3
+    export SLURM_CONF=$STATE_DIR/slurm.conf
+    if live_pid "$STATE_DIR/slurmctld.pid" >/dev/null && live_pid "$STATE_DIR/slurmd.pid" >/dev/null; then
+        say "already running in $STATE_DIR"
+        wait_until_idle || die "a daemon of the running cluster exited"
+    else
+        [[ $(id -u) == 0 ]] || { say "starting slurmd needs root"; exit $NO_SLURM; }
+        install_slurm
+        # A daemon has been seen to exit silently right after starting, once, on a freshly installed CI machine;
+        # the start is retried from clean state and fresh ports, and each failure is reported above.
+        for attempt in $(seq 1 $attempts); do
+            cmd_stop quiet  # whatever a previous start in this directory left behind
+            start_daemons
+            wait_until_idle && break
+            ((attempt < attempts)) || { cmd_stop quiet; die "the cluster did not start in $attempts attempts"; }
+            say "start attempt $attempt of $attempts failed; retrying"
+        done
+    fi
+    say "node $(<"$STATE_DIR/node") idle; use: export SLURM_CONF=$SLURM_CONF"
     echo "export SLURM_CONF=$SLURM_CONF"
 }
 
