@@ -272,6 +272,10 @@ class RLConfig:
     """k3 KL weight against the frozen SFT model (APR 0.001, SoS+ 0.01); 0 skips the reference model."""
     is_cap: float = 2.0
     """Cap of the behaviour->proximal importance weight (decoupled PPO)."""
+    loss_agg: str = "token_mean"
+    """How a sequence's token losses add up. `token_mean` (APR's trainer): their mean, so a token's weight shrinks
+    as its thread grows, and a long failed thread is penalised less per token than a short one. `token_sum`
+    (Dr. GRPO): their sum over rollout.max_context, a constant, so every generated token weighs the same."""
     ppo_epochs: int = 2
     """Optimizer steps on each batch (APR: 2 full-batch steps)."""
     micro_batch: int = 4

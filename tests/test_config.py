@@ -65,6 +65,14 @@ def test_cli_reports_config_errors_without_traceback(apr_ds_cli, tmp_path):
     assert not (tmp_path / "data").exists()  # nothing written for a config that does not load
 
 
+def test_rl_rejects_an_unknown_loss_aggregation_before_starting_ranks(apr_ds_cli, tmp_path):
+    proc = subprocess.run(apr_ds_cli + ["rl", "--preset", "tiny", f"run_dir={tmp_path / 'run'}", "rl.loss_agg=tokens"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert "apr-ds rl: error: rl.loss_agg must be token_mean or token_sum, got 'tokens'" in proc.stderr
+    assert "Traceback" not in proc.stderr and not (tmp_path / "run").exists()
+
+
 def test_the_paper_preset_matches_apr_ref():
     """apr-reference §1-5: 4 numbers in 1..99, targets 10..100; a 228M Llama at 4,096 tokens; SFT batch 256,
     lr 5e-5, 19k steps; GRPO 64 prompts x 5 rollouts, lr 1e-5, 150 steps. Not run here (no GPU): validated."""

@@ -84,3 +84,20 @@ def test_one_token_the_policy_ruled_out_cannot_dominate_the_kl():
     assert stats["kl"] == pytest.approx(10.0 / 2)   # capped at 10 per token (uncapped: e^15 - 16 ~ 3.3e6)
     loss.backward()
     assert logp.grad.abs().max().item() < 1e-6      # the capped token pushes no gradient
+
+
+def test_token_sum_weighs_every_token_alike_whatever_its_sequence_length():
+    """Two failed threads (A < 0), one 1 token long and one 4: under the token mean each of the long thread's
+    tokens gets a quarter of the short thread's push down; under token_sum both get 1/L."""
+    logp = torch.full((2, 4), -1.0, requires_grad=True)
+    same = torch.full((2, 4), -1.0)
+    mask = torch.tensor([[1.0, 0.0, 0.0, 0.0], [1.0, 1.0, 1.0, 1.0]])
+    adv, one = torch.tensor([-1.0, -1.0]), torch.ones(2)
+    mean_loss, _ = grpo_loss(logp, same, same, None, mask, adv, one, 2, LossSettings())
+    mean_loss.backward()
+    assert logp.grad[0, 0].item() == pytest.approx(4 * logp.grad[1, 0].item())
+    logp.grad = None
+    sum_loss, _ = grpo_loss(logp, same, same, None, mask, adv, one, 2, LossSettings(token_sum_norm=8.0))
+    sum_loss.backward()
+    assert torch.allclose(logp.grad[mask.bool()], torch.full((5,), 1.0 / 8 / 2))  # -A / L / N_sequences
+    assert sum_loss.item() == pytest.approx((1 + 4) / 8 / 2)

@@ -39,6 +39,8 @@ def validate(cfg) -> None:
     rl = cfg.rl
     if rl.method not in ("apr", "sosp"):
         raise UserError(f"rl.method must be apr or sosp, got {rl.method!r}")
+    if rl.loss_agg not in ("token_mean", "token_sum"):
+        raise UserError(f"rl.loss_agg must be token_mean or token_sum, got {rl.loss_agg!r}")
     model = Path(init_model_dir(cfg))
     if not (model / "config.json").is_file():
         raise UserError(f"no SFT model at {model} (rl.init_model); train one with `apr-ds sft sft.method={rl.method}`")

@@ -21,6 +21,9 @@ Averaging (as APR's trainer): the clipped term is a token mean per sequence, div
 sequences of its program; the KL term is a token mean per sequence; both are summed over sequences and
 divided by the total number of sequences in the batch:
     loss = ( sum_s mean_t(pg) / n_seq(program of s) + beta * sum_s mean_t(kl) ) / N_sequences
+With `token_sum_norm` = L > 0 (Dr. GRPO, Liu et al. 2025), mean_t(pg) becomes sum_t(pg) / L: under the token
+mean, a failed thread's per-token penalty shrinks as it grows, which lengthens failures until the context
+cuts them off (cpu run, docs/results.md); a constant L weighs every generated token the same.
 """
 
 from __future__ import annotations
@@ -50,6 +53,8 @@ class LossSettings:
     clip_eps: float = 0.2
     beta: float = 0.0
     is_cap: float = 2.0
+    token_sum_norm: float = 0.0
+    """0: the policy term is each sequence's token mean; L > 0: its token sum over L."""
 
 
 def grpo_loss(logp: torch.Tensor, logp_prox: torch.Tensor, logp_behav: torch.Tensor, ref_logp: torch.Tensor | None,
@@ -65,7 +70,8 @@ def grpo_loss(logp: torch.Tensor, logp_prox: torch.Tensor, logp_behav: torch.Ten
     adv = advantages[:, None].to(logp.dtype)
     unclipped, clipped = ratio * adv, ratio.clamp(1 - settings.clip_eps, 1 + settings.clip_eps) * adv
     pg = -weight * torch.minimum(unclipped, clipped)
-    pg_seq = (pg * mask).sum(-1) / tokens / seqs_in_program.to(logp.dtype)
+    per_sequence = settings.token_sum_norm if settings.token_sum_norm > 0 else tokens
+    pg_seq = (pg * mask).sum(-1) / per_sequence / seqs_in_program.to(logp.dtype)
     loss = pg_seq.sum()
     kl_seq = torch.zeros_like(pg_seq)
     if ref_logp is not None:

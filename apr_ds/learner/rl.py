@@ -376,7 +376,8 @@ def _run(cfg, roles, model_dir, out, resume, ds_config, settings) -> dict:
                              dest=roles.rollout_world_rank(index), tag=CONTROL)
         group = init_weight_group(address, port, rank=0, world_size=1 + roles.num_rollouts, timeout_s=rl.timeout_s)
     writer = ScalarWriter(out / "tb", enabled=rank == 0)
-    loss_settings = LossSettings(clip_eps=rl.clip_eps, beta=rl.beta, is_cap=rl.is_cap)
+    loss_settings = LossSettings(clip_eps=rl.clip_eps, beta=rl.beta, is_cap=rl.is_cap,
+                                 token_sum_norm=float(cfg.rollout.max_context) if rl.loss_agg == "token_sum" else 0.0)
 
     probes = probe_names(plan)
 
