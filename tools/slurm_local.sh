@@ -158,9 +158,9 @@ wait_until_idle() {
     while :; do
         for daemon in munged slurmctld slurmd; do
             live_pid "$STATE_DIR/$daemon.pid" >/dev/null && continue
-            pid=$(<"$STATE_DIR/$daemon.pid")
+            pid=$(cat "$STATE_DIR/$daemon.pid" 2>/dev/null || echo none)
             status=0
-            wait "$pid" 2>/dev/null || status=$?  # only our own children report; 127 means not ours
+            [[ $pid =~ ^[0-9]+$ ]] && { wait "$pid" 2>/dev/null || status=$?; }  # only our children report; 127: not ours
             tail -n 20 "$STATE_DIR/log/$daemon".* >&2 || true
             say "$daemon (pid $pid) exited during start with status $status; logs in $STATE_DIR/log"
             return 1
