@@ -189,6 +189,7 @@ cmd_start() {
             wait_until_idle && break
             ((attempt < attempts)) || { cmd_stop quiet; die "the cluster did not start in $attempts attempts"; }
             say "start attempt $attempt of $attempts failed; retrying"
+            sleep 2
         done
     fi
     say "node $(<"$STATE_DIR/node") idle; use: export SLURM_CONF=$SLURM_CONF"
