@@ -275,7 +275,8 @@ class RLConfig:
     loss_agg: str = "token_mean"
     """How a sequence's token losses add up. `token_mean` (APR's trainer): their mean, so a token's weight shrinks
     as its thread grows, and a long failed thread is penalised less per token than a short one. `token_sum`
-    (Dr. GRPO): their sum over rollout.max_context, a constant, so every generated token weighs the same."""
+    (Dr. GRPO): their sum over rollout.max_context, a constant, so every generated token weighs the same. On the
+    cpu task the sum did worse for both methods (docs/results.md, configuration 5)."""
     ppo_epochs: int = 2
     """Optimizer steps on each batch (APR: 2 full-batch steps)."""
     micro_batch: int = 4
