@@ -42,14 +42,38 @@ free_port() {
     python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
 }
 
-# A PID file's process, if it is alive and still the daemon we started (its command line names our state dir).
+# "PID STARTTIME" of a live process. The start time (clock ticks since boot, /proc/PID/stat field 22) tells our daemon
+# from a later process that reuses its PID. The command line cannot: it reads empty while a process execs, and a
+# daemon checked right after `setsid daemon &` was taken for dead that way on a loaded CI machine.
+pid_identity() {
+    local pid=$1 stat fields
+    stat=$(cat "/proc/$pid/stat" 2>/dev/null) || return 1
+    read -r -a fields <<<"${stat##*) }"  # after the command name, which may hold spaces and parentheses
+    [[ ${fields[0]} != [ZX] ]] || return 1
+    echo "$pid ${fields[19]}"
+}
+
+record_pid() {  # name pid
+    pid_identity "$2" >"$STATE_DIR/$1.pid" || echo "$2 exited" >"$STATE_DIR/$1.pid"
+}
+
+# The PID in a PID file, if that process is alive and is still the one recorded.
 live_pid() {
-    local pid_file=$1 pid
+    local pid_file=$1 recorded
     [[ -s $pid_file ]] || return 1
-    pid=$(<"$pid_file")
-    [[ $pid =~ ^[0-9]+$ ]] && [[ -r /proc/$pid/cmdline ]] || return 1
-    tr '\0' ' ' <"/proc/$pid/cmdline" | grep -qF -- "$STATE_DIR" || return 1
-    echo "$pid"
+    recorded=$(<"$pid_file")
+    [[ $recorded =~ ^[0-9]+\ [0-9]+$ ]] || return 1
+    [[ $(pid_identity "${recorded% *}") == "$recorded" ]] || return 1
+    echo "${recorded% *}"
+}
+
+# Print why a daemon we started is gone: its exit status (only our own children report one) and its log tail.
+report_exit() {  # name
+    local name=$1 pid status=0
+    pid=$(cut -d' ' -f1 "$STATE_DIR/$name.pid" 2>/dev/null || echo none)
+    [[ $pid =~ ^[0-9]+$ ]] && { wait "$pid" 2>/dev/null || status=$?; }  # 127: not our child
+    tail -n 20 "$STATE_DIR/log/$name".* >&2 || true
+    say "$name (pid $pid) exited during start with status $status; logs in $STATE_DIR/log"
 }
 
 write_config() {
@@ -127,11 +151,11 @@ start_munge() {
     setsid munged --foreground --force --socket="$STATE_DIR/munge/munge.socket" --key-file="$key" \
         --pid-file="$STATE_DIR/munge/munged.pid" --seed-file="$STATE_DIR/munge/munged.seed" \
         --log-file="$STATE_DIR/log/munged.log" </dev/null >>"$STATE_DIR/log/munged.out" 2>&1 &
-    echo $! >"$STATE_DIR/munged.pid"
+    record_pid munged $!
     local deadline=$((SECONDS + 20))
     until [[ -S $STATE_DIR/munge/munge.socket ]]; do
-        live_pid "$STATE_DIR/munged.pid" >/dev/null || die "munged exited; see $STATE_DIR/log/munged.log"
-        ((SECONDS < deadline)) || die "munged did not create its socket in 20 s"
+        live_pid "$STATE_DIR/munged.pid" >/dev/null || { report_exit munged; return 1; }
+        ((SECONDS < deadline)) || { say "munged did not create its socket in 20 s"; return 1; }
         sleep 0.2
     done
 }
@@ -139,13 +163,13 @@ start_munge() {
 start_daemon() {  # name binary...
     local name=$1; shift
     setsid "$@" </dev/null >>"$STATE_DIR/log/$name.out" 2>&1 &
-    echo $! >"$STATE_DIR/$name.pid"
+    record_pid "$name" $!
 }
 
 start_daemons() {
     rm -rf "$STATE_DIR/state" "$STATE_DIR/spool"
     write_config
-    start_munge
+    start_munge || return 1
     export SLURM_CONF=$STATE_DIR/slurm.conf
     start_daemon slurmctld slurmctld -D -i -f "$SLURM_CONF"
     start_daemon slurmd slurmd -D -f "$SLURM_CONF" -N "$(<"$STATE_DIR/node")"
@@ -153,17 +177,11 @@ start_daemons() {
 
 # 0 once the node is idle; 1 if a daemon exited first (its log tail and exit status are printed); dies on timeout.
 wait_until_idle() {
-    local node state daemon pid status deadline=$((SECONDS + START_TIMEOUT_S))
+    local node state daemon deadline=$((SECONDS + START_TIMEOUT_S))
     node=$(<"$STATE_DIR/node")
     while :; do
         for daemon in munged slurmctld slurmd; do
-            live_pid "$STATE_DIR/$daemon.pid" >/dev/null && continue
-            pid=$(cat "$STATE_DIR/$daemon.pid" 2>/dev/null || echo none)
-            status=0
-            [[ $pid =~ ^[0-9]+$ ]] && { wait "$pid" 2>/dev/null || status=$?; }  # only our children report; 127: not ours
-            tail -n 20 "$STATE_DIR/log/$daemon".* >&2 || true
-            say "$daemon (pid $pid) exited during start with status $status; logs in $STATE_DIR/log"
-            return 1
+            live_pid "$STATE_DIR/$daemon.pid" >/dev/null || { report_exit "$daemon"; return 1; }
         done
         state=$(timeout 10 sinfo -h -n "$node" -o %T 2>/dev/null || true)
         [[ $state == idle ]] && return 0
@@ -181,12 +199,11 @@ cmd_start() {
     else
         [[ $(id -u) == 0 ]] || { say "starting slurmd needs root"; exit $NO_SLURM; }
         install_slurm
-        # A daemon has been seen to exit silently right after starting, once, on a freshly installed CI machine;
-        # the start is retried from clean state and fresh ports, and each failure is reported above.
+        # A start can fail for reasons outside this script, such as a chosen port taken before its daemon binds it;
+        # it is retried from clean state and fresh ports, and each failure is reported.
         for attempt in $(seq 1 $attempts); do
             cmd_stop quiet  # whatever a previous start in this directory left behind
-            start_daemons
-            wait_until_idle && break
+            start_daemons && wait_until_idle && break
             ((attempt < attempts)) || { cmd_stop quiet; die "the cluster did not start in $attempts attempts"; }
             say "start attempt $attempt of $attempts failed; retrying"
             sleep 2
@@ -201,10 +218,10 @@ stop_pid() {  # name
     pid=$(live_pid "$STATE_DIR/$name.pid") || { rm -f "$STATE_DIR/$name.pid"; return 0; }
     kill -TERM "$pid" 2>/dev/null || true
     for _ in $(seq 1 100); do
-        [[ -d /proc/$pid ]] || break
+        live_pid "$STATE_DIR/$name.pid" >/dev/null || break
         sleep 0.1
     done
-    if [[ -d /proc/$pid ]]; then
+    if live_pid "$STATE_DIR/$name.pid" >/dev/null; then
         say "$name ($pid) ignored SIGTERM for 10 s; SIGKILL"
         kill -KILL "$pid" 2>/dev/null || true
     fi
