@@ -142,11 +142,22 @@ EOF
     echo "$NODE" >"$STATE_DIR/node"
 }
 
-start_munge() {
+write_munge_key() {
     local key=$STATE_DIR/munge/munge.key
     [[ -s $key ]] || { dd if=/dev/urandom of="$key" bs=1 count=1024 status=none; }
     chmod 700 "$STATE_DIR/munge"
     chmod 400 "$key"
+}
+
+# Config, key and a clean state: a failure here is a real error, so this runs where `set -e` ends the script.
+write_state() {
+    rm -rf "$STATE_DIR/state" "$STATE_DIR/spool"
+    write_config
+    write_munge_key
+}
+
+start_munge() {
+    local key=$STATE_DIR/munge/munge.key
     # --force: munged refuses root and group-writable parents (/tmp) without it.
     setsid munged --foreground --force --socket="$STATE_DIR/munge/munge.socket" --key-file="$key" \
         --pid-file="$STATE_DIR/munge/munged.pid" --seed-file="$STATE_DIR/munge/munged.seed" \
@@ -166,9 +177,8 @@ start_daemon() {  # name binary...
     record_pid "$name" $!
 }
 
+# 1 if munged exits before it listens. Called as `start_daemons && ...`, where `set -e` does not apply inside.
 start_daemons() {
-    rm -rf "$STATE_DIR/state" "$STATE_DIR/spool"
-    write_config
     start_munge || return 1
     export SLURM_CONF=$STATE_DIR/slurm.conf
     start_daemon slurmctld slurmctld -D -i -f "$SLURM_CONF"
@@ -203,6 +213,7 @@ cmd_start() {
         # it is retried from clean state and fresh ports, and each failure is reported.
         for attempt in $(seq 1 $attempts); do
             cmd_stop quiet  # whatever a previous start in this directory left behind
+            write_state
             start_daemons && wait_until_idle && break
             ((attempt < attempts)) || { cmd_stop quiet; die "the cluster did not start in $attempts attempts"; }
             say "start attempt $attempt of $attempts failed; retrying"
