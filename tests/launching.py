@@ -1,5 +1,5 @@
 """Run a launcher (torchrun, mpirun, deepspeed) in its own process group and kill that whole group afterwards,
-so nothing it started outlives the test."""
+so nothing it started outlives the test; and tell whether a process a test started is still running."""
 
 import os
 import signal
@@ -18,3 +18,12 @@ def launch(cmd, env, cwd, timeout=600) -> tuple[int, str]:
             pass
         proc.wait()
     return proc.returncode, out
+
+
+def process_alive(pid: int) -> bool:
+    """A zombie or dying process counts as gone: it has exited, only its parent's wait is missing."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except FileNotFoundError:
+        return False

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 
+from launching import process_alive
 from rl_fixtures import TAGS, read_scalars, rl_command, run_rl
 
 
@@ -39,16 +40,8 @@ def test_two_learners_two_rollout_ranks(sft_run):
 
 
 def _servers_of(run_dir) -> list[int]:
-    pids = []
-    for pid_file in (run_dir / "rl").glob("server*.pid"):
-        pid = int(pid_file.read_text())
-        try:
-            state = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0]
-        except FileNotFoundError:
-            continue
-        if state != "Z":  # a zombie has exited; only its parent's wait is missing
-            pids.append(pid)
-    return pids
+    pids = [int(pid_file.read_text()) for pid_file in (run_dir / "rl").glob("server*.pid")]
+    return [pid for pid in pids if process_alive(pid)]
 
 
 def test_synchronous_mode_and_resume(sft_run):

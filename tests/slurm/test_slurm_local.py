@@ -5,15 +5,8 @@ import signal
 import subprocess
 import time
 
+from launching import process_alive
 from slurm_cluster import SLURM_LOCAL
-
-
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            return stat.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
-    except FileNotFoundError:
-        return False
 
 
 def test_stop_leaves_a_process_that_only_reuses_a_recorded_pid(tmp_path):
@@ -24,7 +17,7 @@ def test_stop_leaves_a_process_that_only_reuses_a_recorded_pid(tmp_path):
         (tmp_path / "munged.pid").write_text(f"{other.pid}\n")  # a PID file of the old format
         done = subprocess.run([str(SLURM_LOCAL), "stop", str(tmp_path)], capture_output=True, text=True, timeout=60)
         assert done.returncode == 0, done.stderr
-        assert _alive(other.pid)
+        assert process_alive(other.pid)
         assert not (tmp_path / "slurmd.pid").exists() and not (tmp_path / "munged.pid").exists()
         status = subprocess.run([str(SLURM_LOCAL), "status", str(tmp_path)], capture_output=True, text=True,
                                 timeout=60)
@@ -59,10 +52,10 @@ def test_a_daemon_that_dies_during_start_is_reported_and_the_start_retried(slurm
                                 timeout=60).stdout
         assert "idle" in status
         pids = [int((state_dir / f"{daemon}.pid").read_text().split()[0]) for daemon in ("munged", "slurmctld", "slurmd")]
-        assert all(_alive(pid) for pid in pids)
+        assert all(process_alive(pid) for pid in pids)
     finally:
         subprocess.run([str(SLURM_LOCAL), "stop", str(state_dir)], capture_output=True, timeout=180)
     deadline = time.monotonic() + 5
-    while any(_alive(pid) for pid in pids) and time.monotonic() < deadline:
+    while any(process_alive(pid) for pid in pids) and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert not any(_alive(pid) for pid in pids)
+    assert not any(process_alive(pid) for pid in pids)
