@@ -277,6 +277,11 @@ class RLConfig:
     as its thread grows, and a long failed thread is penalised less per token than a short one. `token_sum`
     (Dr. GRPO): their sum over rollout.max_context, a constant, so every generated token weighs the same. On the
     cpu task the sum did worse for both methods (docs/results.md, configuration 5)."""
+    overlong_buffer: int = 0
+    """DAPO's soft overlong punishment: a program whose longest thread ends within this many tokens of
+    rollout.max_context loses reward linearly, up to rl.overlong_penalty at the limit (where the window cuts it).
+    0 = off: APR's binary reward."""
+    overlong_penalty: float = 1.0
     ppo_epochs: int = 2
     """Optimizer steps on each batch (APR: 2 full-batch steps)."""
     micro_batch: int = 4

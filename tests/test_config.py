@@ -73,6 +73,15 @@ def test_rl_rejects_an_unknown_loss_aggregation_before_starting_ranks(apr_ds_cli
     assert "Traceback" not in proc.stderr and not (tmp_path / "run").exists()
 
 
+def test_rl_rejects_an_overlong_buffer_as_wide_as_the_window(apr_ds_cli, tmp_path):
+    proc = subprocess.run(apr_ds_cli + ["rl", "--preset", "tiny", f"run_dir={tmp_path / 'run'}", "rollout.max_context=512",
+                                        "rl.overlong_buffer=512"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert ("apr-ds rl: error: rl.overlong_buffer must be in [0, rollout.max_context=512) and rl.overlong_penalty >= 0, "
+            "got 512 and 1.0") in proc.stderr
+    assert "Traceback" not in proc.stderr and not (tmp_path / "run").exists()
+
+
 def test_the_paper_preset_matches_apr_ref():
     """apr-reference §1-5: 4 numbers in 1..99, targets 10..100; a 228M Llama at 4,096 tokens; SFT batch 256,
     lr 5e-5, 19k steps; GRPO 64 prompts x 5 rollouts, lr 1e-5, 150 steps. Not run here (no GPU): validated."""

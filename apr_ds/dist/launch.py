@@ -41,6 +41,9 @@ def validate(cfg) -> None:
         raise UserError(f"rl.method must be apr or sosp, got {rl.method!r}")
     if rl.loss_agg not in ("token_mean", "token_sum"):
         raise UserError(f"rl.loss_agg must be token_mean or token_sum, got {rl.loss_agg!r}")
+    if not 0 <= rl.overlong_buffer < cfg.rollout.max_context or rl.overlong_penalty < 0:
+        raise UserError(f"rl.overlong_buffer must be in [0, rollout.max_context={cfg.rollout.max_context}) and "
+                        f"rl.overlong_penalty >= 0, got {rl.overlong_buffer} and {rl.overlong_penalty}")
     model = Path(init_model_dir(cfg))
     if not (model / "config.json").is_file():
         raise UserError(f"no SFT model at {model} (rl.init_model); train one with `apr-ds sft sft.method={rl.method}`")

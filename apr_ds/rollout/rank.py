@@ -108,6 +108,16 @@ def program_stats(trajectory) -> ProgramStats:
                         trajectory.latency_s)
 
 
+def program_reward(trajectory, rl, max_context: int) -> float:
+    """1 for a verified solve, else 0 (APR's reward), minus DAPO's soft overlong punishment when
+    rl.overlong_buffer > 0: RL otherwise lets threads grow into the context window, where they are cut."""
+    reward = float(trajectory.correct)
+    if rl.overlong_buffer > 0:
+        excess = trajectory.longest_thread() - (max_context - rl.overlong_buffer)
+        reward -= rl.overlong_penalty * min(max(excess, 0) / rl.overlong_buffer, 1.0)
+    return reward
+
+
 class RolloutRank:
     def __init__(self, cfg, roles, client, tokenizer, task, problems, setup: Setup, restart_server=None):
         from apr_ds.rollout.runtime import ProgramRunner
@@ -161,7 +171,7 @@ class RolloutRank:
 
     def ship(self, group_index: int, version: int, trajectories, requeued: bool) -> None:
         tokens, logprobs, table = group_arrays(trajectories)
-        header = GroupHeader(self.index, group_index, version, [float(t.correct) for t in trajectories],
+        header = GroupHeader(self.index, group_index, version, [program_reward(t, self.cfg.rl, self.cfg.rollout.max_context) for t in trajectories],
                              [program_stats(t) for t in trajectories], len(table), int(tokens.size), int(logprobs.size),
                              self.busy_s, self.idle_s, self.weight_probe, requeued=requeued)
         self.weight_probe = None
