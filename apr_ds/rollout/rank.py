@@ -171,7 +171,8 @@ class RolloutRank:
 
     def ship(self, group_index: int, version: int, trajectories, requeued: bool) -> None:
         tokens, logprobs, table = group_arrays(trajectories)
-        header = GroupHeader(self.index, group_index, version, [program_reward(t, self.cfg.rl, self.cfg.rollout.max_context) for t in trajectories],
+        rewards = [program_reward(t, self.cfg.rl, self.cfg.rollout.max_context) for t in trajectories]
+        header = GroupHeader(self.index, group_index, version, rewards,
                              [program_stats(t) for t in trajectories], len(table), int(tokens.size), int(logprobs.size),
                              self.busy_s, self.idle_s, self.weight_probe, requeued=requeued)
         self.weight_probe = None
