@@ -19,6 +19,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 import traceback
 from pathlib import Path
 
@@ -86,8 +87,6 @@ def main(args) -> int:
 def finish(roles) -> None:
     """The last barrier, while learner rank 0 receives (and drops) groups still in flight: a rollout rank only
     gets here once its sends to rank 0 are done, and a send past MPI's eager size completes only when received."""
-    import time
-
     from mpi4py import MPI
 
     from apr_ds.dist.transport import group_waiting, recv_group
@@ -102,9 +101,14 @@ def run_rank(cfg, resume: str) -> int:
     from mpi4py import MPI
 
     from apr_ds.dist.roles import assign_roles
-    roles = None
     try:
         roles = assign_roles(cfg.rl.learner_ranks, cfg.rl.rollout_ranks)
+    except UserError as e:  # every rank finds the same mismatch, so all leave cleanly and rank 0 alone says why
+        if MPI.COMM_WORLD.Get_rank() == 0:
+            print(f"apr-ds rl: error: {e}", file=sys.stderr, flush=True)
+        MPI.Finalize()
+        return 2
+    try:
         cpus = cfg.rl.learner_cpus if roles.is_learner else cfg.rl.rollout_cpus
         if cpus:  # children (the inference server) inherit the affinity
             os.sched_setaffinity(0, cpus)
@@ -118,11 +122,12 @@ def run_rank(cfg, resume: str) -> int:
             run_rollout(cfg, roles, init_model_dir(cfg), out)
         finish(roles)
     except BaseException as e:  # one rank's failure ends the job, with its message, instead of hanging the others
-        who = f"rank {MPI.COMM_WORLD.Get_rank()}" + ("" if roles is None else (" (learner)" if roles.is_learner else " (rollout)"))
+        who = f"rank {roles.rank}" + (" (learner)" if roles.is_learner else " (rollout)")
         if isinstance(e, UserError):
             print(f"apr-ds rl: {who}: error: {e}", file=sys.stderr, flush=True)
         else:
             print(f"apr-ds rl: {who} failed:\n{traceback.format_exc()}", file=sys.stderr, flush=True)
+        time.sleep(1.0)  # MPI_Abort tears down the process manager, which drops stderr it has not yet forwarded
         MPI.COMM_WORLD.Abort(1)
         return 1
     # Every rank has written and closed everything. Leave now: DeepSpeed's CPU shared-memory collective can hang
