@@ -45,17 +45,22 @@ def _servers_of(run_dir) -> list[int]:
 
 
 def test_synchronous_mode_and_resume(sft_run):
-    """eta = 0 runs on the same code path with no staleness; a second run resumes from the checkpoint."""
+    """eta = 0 runs on the same code path with no staleness; a second run resumes from the checkpoint.
+    The overlong penalty is on, with a buffer of all but one token of the 256-token window, so every program
+    loses reward for its length and the learner must log a shaped reward below the verifier's accuracy."""
     run_dir = sft_run("apr", name="sync")
-    first = run_rl(run_dir, "rl.steps=2", "rl.max_staleness=0", "rl.save_every=1", learners=1, rollouts=1)
+    shaped = ["rl.overlong_buffer=255", "rl.overlong_penalty=0.5"]
+    first = run_rl(run_dir, "rl.steps=2", "rl.max_staleness=0", "rl.save_every=1", *shaped, learners=1, rollouts=1)
     assert first.returncode == 0, first.stderr[-4000:]
-    second = run_rl(run_dir, "rl.steps=3", "rl.max_staleness=0", "rl.save_every=1", learners=1, rollouts=1)
+    second = run_rl(run_dir, "rl.steps=3", "rl.max_staleness=0", "rl.save_every=1", *shaped, learners=1, rollouts=1)
     assert second.returncode == 0, second.stderr[-4000:]
     assert "resumed from" in second.stderr and "step_00000002" in second.stderr
     rows = read_scalars(run_dir)
     assert [r["step"] for r in rows] == [1, 2, 3]
     assert all(r["staleness/max"] == 0 for r in rows)
     assert rows[-1]["weights/version"] == 3
+    # the rollout rank's shaped reward, not the bare verdict, is what reached the learner
+    assert all(r["rollout/accuracy"] - 0.5 <= r["rollout/reward"] < r["rollout/accuracy"] for r in rows), rows
 
 
 def _kill_after_first_checkpoint(run_dir, proc, victim) -> None:
@@ -141,5 +146,7 @@ def test_a_world_of_the_wrong_size_says_so(sft_run):
     proc = subprocess.run([mpiexec, "-n", "3", sys.executable, "-m", "apr_ds.cli", "rl", "--preset", "tiny",
                            f"run_dir={run_dir}", "rl.learner_ranks=2", "rl.rollout_ranks=2"],
                           capture_output=True, text=True, timeout=120, env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert proc.returncode != 0
-    assert "the MPI world has 3 ranks but rl.learner_ranks + rl.rollout_ranks = 2 + 2" in proc.stderr
+    assert proc.returncode == 2, proc.stderr
+    # every rank finds the mismatch and leaves without MPI_Abort, so the message cannot be lost; rank 0 says it once
+    assert proc.stderr.count("the MPI world has 3 ranks but rl.learner_ranks + rl.rollout_ranks = 2 + 2") == 1, proc.stderr
+    assert "Traceback" not in proc.stderr and "Abort" not in proc.stderr
