@@ -103,10 +103,11 @@ def run_rank(cfg, resume: str) -> int:
     from apr_ds.dist.roles import assign_roles
     try:
         roles = assign_roles(cfg.rl.learner_ranks, cfg.rl.rollout_ranks)
-    except UserError as e:  # every rank finds the same mismatch, so all leave cleanly and rank 0 alone says why
-        if MPI.COMM_WORLD.Get_rank() == 0:
-            print(f"apr-ds rl: error: {e}", file=sys.stderr, flush=True)
+    except UserError:  # every rank finds the same mismatch, so all leave cleanly (no Abort to lose the message)
+        reports = MPI.COMM_WORLD.Get_rank() == 0
         MPI.Finalize()
+        if reports:
+            raise  # the CLI prints it, as it does every bad input
         return 2
     try:
         cpus = cfg.rl.learner_cpus if roles.is_learner else cfg.rl.rollout_cpus
