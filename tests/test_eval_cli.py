@@ -71,6 +71,7 @@ def test_eval_against_a_url_scores_the_solver_traces(run_dir, tmp_path):
     (["--method", "apr", "eval.split=nosuch"], "no problems file"),
     (["--method", "bon", "eval.n=4"], "best-of-n with eval.n > 1 needs sampling"),
     (["--method", "apr", "eval.num_problem=3"], "did you mean 'eval.num_problems'"),
+    (["--method", "apr", "eval.context_windows=[512,9999]"], "eval.context_windows must lie in [1, rollout.max_context"),
     (["--method", "apr", "rollout.max_context=4096"], "exceeds the model's"),  # the server's own message comes through
 ])
 def test_eval_bad_inputs(run_dir, args, message):

@@ -67,6 +67,10 @@ def validate(cfg, method: str) -> None:
         raise UserError("eval.n, rollout.concurrency must be >= 1 and rollout.max_context >= 2")
     if any(t < 0 for t in cfg.eval.temperatures):
         raise UserError(f"eval.temperatures must be >= 0, got {cfg.eval.temperatures}")
+    if any(not 1 <= w <= cfg.rollout.max_context for w in cfg.eval.context_windows):
+        # a window past the run's own is not measured: it would repeat the accuracy at rollout.max_context
+        raise UserError(f"eval.context_windows must lie in [1, rollout.max_context={cfg.rollout.max_context}], "
+                        f"got {cfg.eval.context_windows}")
 
 
 def load_problems(cfg) -> list:
