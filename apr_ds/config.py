@@ -241,8 +241,11 @@ class EvalConfig:
     """Samples per problem for bon; pass@k and cons@k are reported for k = 1, 2, 4, ... n."""
     context_windows: list[int] = field(default_factory=list)
     """Windows W for cumulative accuracy (correct and longest thread <= W). Empty = powers of two up to rollout.max_context."""
+    servers: int = 1
+    """Servers eval starts itself (when no --url), each problem on one of them: one per core on a CPU machine,
+    where a small model's decoding does not speed up with more threads per server."""
     server_threads: int = 0
-    """OMP threads of the server eval starts itself (when no --url); 0 = torch's default."""
+    """OMP threads of each server eval starts itself (when no --url); 0 = torch's default."""
     out_dir: str = ""
     """Where results go; empty = {run_dir}/eval."""
 

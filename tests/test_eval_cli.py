@@ -25,11 +25,13 @@ def _eval(run_dir, *args):
     return subprocess.run(cmd, capture_output=True, text=True, timeout=300)
 
 
-def test_eval_starts_its_own_server_and_sweeps_temperature(run_dir):
+def test_eval_starts_its_own_servers_and_sweeps_temperature(run_dir):
     proc = _eval(run_dir, "--model", str(run_dir / "model"), "--method", "apr", "rollout.max_context=96",
-                 "eval.temperatures=[0.0,1.0]", "--tag", "_random")
+                 "eval.temperatures=[0.0,1.0]", "eval.servers=2", "--tag", "_random")
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = json.loads((run_dir / "eval" / "apr_random.json").read_text())
+    assert len(results["urls"]) == 2 and len(set(results["urls"])) == 2
+    assert all((run_dir / "eval" / f"apr_random.server.{i}.log").is_file() for i in (0, 1))
     assert [s["temperature"] for s in results["settings"]] == [0.0, 1.0]
     for s in results["settings"]:
         assert s["problems"] == 6 and 0 < s["mean_longest_thread"] <= 96 and s["mean_total_tokens"] > 0
@@ -67,7 +69,39 @@ def test_eval_against_a_url_scores_the_solver_traces(run_dir, tmp_path):
     assert bon_results["pass_at"]["2"] == pytest.approx(solved) and bon_results["cons_at"]["2"] == pytest.approx(solved)
 
 
+def test_eval_splits_the_problems_over_several_urls(run_dir, tmp_path):
+    """Two replay servers, each knowing the solver traces of only every other test problem: every program writes
+    its problem's whole trace only if problem i was asked of server i mod 2, as `evaluate` promises (a server
+    that does not know a prompt answers with EOS at once)."""
+    from apr_ds.rollout.server_proc import ServerProcess
+    from apr_ds.tasks import get_task
+    from apr_ds.tasks.countdown import Problem
+    from apr_ds.tasks.solvers import problem_rng
+    task = get_task(load_config("tiny"))
+    problems = [Problem.from_json(json.loads(x)) for x in (run_dir / "data" / "problems" / "test.jsonl").read_text().splitlines()]
+    runs = [task.solve(p, "sosp", problem_rng(9, "sosp", i)) for i, p in enumerate(problems)]
+    servers = []
+    try:
+        for half in (0, 1):
+            replay = tmp_path / f"replay{half}.jsonl"
+            replay.write_text("".join(json.dumps({"text": r.main_calls[0]}) + "\n" for r in runs[half::2]))
+            servers.append(ServerProcess.start_ours(str(run_dir / "model"), overrides=[f"engine.replay_file={replay}"]))
+        urls = [arg for server in servers for arg in ("--url", server.wait_healthy().url)]
+        proc = _eval(run_dir, "--model", str(run_dir / "model"), "--method", "sosp", *urls, "rollout.max_context=1024",
+                     "--tag", "_split")
+    finally:
+        for server in servers:
+            server.stop()
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads((run_dir / "eval" / "sosp_split.json").read_text())
+    assert results["settings"][0]["accuracy"] == pytest.approx(sum(r.solved for r in runs) / len(runs))
+    written = [json.loads(x)["threads"][0]["text"] for x in (run_dir / "eval" / "sosp_split.trajectories.jsonl").read_text().splitlines()]
+    assert [text.strip() for text in written] == [r.main_calls[0].strip() for r in runs]
+
+
 @pytest.mark.parametrize("args, message", [
+    (["--method", "apr", "eval.servers=0"], "eval.servers"),
+    (["--method", "apr", "--url", "http://127.0.0.1:9", "eval.servers=2"], "with --url, pass --url once per server"),
     (["--method", "apr", "eval.split=nosuch"], "no problems file"),
     (["--method", "bon", "eval.n=4"], "best-of-n with eval.n > 1 needs sampling"),
     (["--method", "apr", "eval.num_problem=3"], "did you mean 'eval.num_problems'"),

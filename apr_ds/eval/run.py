@@ -6,7 +6,9 @@
     apr-ds eval --preset tiny --model DIR --method apr eval.temperatures=[0,0.1,0.5,1.0] eval.budgets=[2,4,6]
     apr-ds eval --model DIR --method apr --url http://gpu-node:30000    # an SGLang server (docs in README)
 
-Without --url, eval starts `apr-ds serve --model DIR` as a child process and stops it at the end. The
+Without --url, eval starts `apr-ds serve --model DIR` as a child process (eval.servers of them, each problem on
+one, so a CPU machine's cores share the work) and stops it at the end. With --url given several times, the
+problems are split over those servers in the same way. The
 tokenizer is read from the model directory. Results: {out}/{method}{tag}.json (one summary per setting,
 formulas in apr_ds/rollout/trajectory.py) and {out}/{method}{tag}.trajectories.jsonl (every program).
 """
@@ -14,6 +16,7 @@ formulas in apr_ds/rollout/trajectory.py) and {out}/{method}{tag}.trajectories.j
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 from pathlib import Path
@@ -26,8 +29,9 @@ def add_arguments(parser) -> None:
     add_config_arguments(parser)
     parser.add_argument("--model", required=True, help="a Hugging Face checkpoint directory (with its tokenizer)")
     parser.add_argument("--method", required=True, choices=["apr", "sosp", "bon"], help="apr, sosp, or bon (best-of-n SoS+)")
-    parser.add_argument("--url", default=None, help="use this running SGLang-protocol server instead of starting one")
-    parser.add_argument("--api-key", default=None, help="bearer key of the server at --url")
+    parser.add_argument("--url", action="append", default=None,
+                        help="use this running SGLang-protocol server instead of starting one; repeat for several")
+    parser.add_argument("--api-key", default=None, help="bearer key of the servers at --url")
     parser.add_argument("--tag", default="", help="suffix for the result file names")
 
 
@@ -38,21 +42,24 @@ def main(args) -> int:
 
     cfg = config_from_args(args)
     validate(cfg, args.method)
+    if args.url and cfg.eval.servers != 1:
+        raise UserError(f"eval.servers={cfg.eval.servers} starts servers of our own; with --url, pass --url once per server instead")
     problems = load_problems(cfg)
     out_dir = Path(cfg.eval.out_dir or Path(cfg.run_dir) / "eval")
     out_dir.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out_dir, f"{args.method}{args.tag}.config.yaml")
-    server = None
-    url = args.url
+    servers = []
+    urls = args.url or []
     try:
-        if url is None:
-            server = ServerProcess.start_ours(args.model, log_path=str(out_dir / f"{args.method}{args.tag}.server.log"),
-                                              threads=cfg.eval.server_threads or None,
-                                              overrides=[f"engine.max_model_len={cfg.rollout.max_context}"]).wait_healthy()
-            url = server.url
-        results = asyncio.run(evaluate(cfg, args.method, args.model, url, problems, out_dir, args.tag, args.api_key))
+        for index in range(0 if urls else cfg.eval.servers):
+            suffix = f".{index}" if cfg.eval.servers > 1 else ""
+            servers.append(ServerProcess.start_ours(
+                args.model, log_path=str(out_dir / f"{args.method}{args.tag}.server{suffix}.log"),
+                threads=cfg.eval.server_threads or None, overrides=[f"engine.max_model_len={cfg.rollout.max_context}"]))
+        urls = urls or [server.wait_healthy().url for server in servers]
+        results = asyncio.run(evaluate(cfg, args.method, args.model, urls, problems, out_dir, args.tag, args.api_key))
     finally:
-        if server:
+        for server in servers:
             server.stop()
     print_table(results)
     print(f"results: {out_dir / (args.method + args.tag)}.json")
@@ -63,8 +70,8 @@ def validate(cfg, method: str) -> None:
     """Settings that cannot work, refused before any server starts."""
     if method == "bon" and cfg.eval.n > 1 and 0.0 in cfg.eval.temperatures:
         raise UserError("best-of-n with eval.n > 1 needs sampling: set eval.temperatures to values > 0, e.g. [1.0]")
-    if cfg.eval.n < 1 or cfg.rollout.max_context < 2 or cfg.rollout.concurrency < 1:
-        raise UserError("eval.n, rollout.concurrency must be >= 1 and rollout.max_context >= 2")
+    if cfg.eval.n < 1 or cfg.eval.servers < 1 or cfg.rollout.max_context < 2 or cfg.rollout.concurrency < 1:
+        raise UserError("eval.n, eval.servers, rollout.concurrency must be >= 1 and rollout.max_context >= 2")
     if any(t < 0 for t in cfg.eval.temperatures):
         raise UserError(f"eval.temperatures must be >= 0, got {cfg.eval.temperatures}")
     if any(not 1 <= w <= cfg.rollout.max_context for w in cfg.eval.context_windows):
@@ -100,8 +107,10 @@ def default_windows(max_context: int) -> list[int]:
     return windows + [max_context]
 
 
-async def evaluate(cfg, method: str, model: str, url: str, problems: list, out_dir: Path, tag: str = "",
+async def evaluate(cfg, method: str, model: str, urls: list[str], problems: list, out_dir: Path, tag: str = "",
                    api_key: str | None = None) -> dict:
+    """Every sample of problem i runs on server i mod len(urls): a problem's programs share its prompt's prefix
+    cache, and the servers split the problems (data-parallel evaluation)."""
     from transformers import AutoTokenizer
 
     from apr_ds.eval.metrics import cons_at_n, pass_at_n, summarize
@@ -114,22 +123,25 @@ async def evaluate(cfg, method: str, model: str, url: str, problems: list, out_d
     windows = cfg.eval.context_windows or default_windows(cfg.rollout.max_context)
     samples = cfg.eval.n if method == "bon" else 1
     settings = [(t, b) for t in cfg.eval.temperatures for b in (cfg.eval.budgets or [None])]
-    results = {"method": method, "model": str(model), "url": url, "split": cfg.eval.split, "settings": []}
+    results = {"method": method, "model": str(model), "urls": list(urls), "split": cfg.eval.split, "settings": []}
     trajectories_path = out_dir / f"{method}{tag}.trajectories.jsonl"
     from tqdm import tqdm
-    async with RolloutClient(url, api_key=api_key, timeout_s=cfg.rollout.timeout_s + 30) as client:
-        await client.wait_until_healthy(timeout_s=60)
-        runner = ProgramRunner(client, tokenizer, get_task(cfg), cfg.rollout)
+    async with contextlib.AsyncExitStack() as stack:
+        clients = [await stack.enter_async_context(RolloutClient(url, api_key=api_key, timeout_s=cfg.rollout.timeout_s + 30))
+                   for url in urls]
+        for client in clients:
+            await client.wait_until_healthy(timeout_s=60)
+        runners = [ProgramRunner(client, tokenizer, get_task(cfg), cfg.rollout) for client in clients]
         gate = asyncio.Semaphore(cfg.rollout.concurrency)
         with open(trajectories_path, "w") as trajectories_file:
             for temperature, budget in settings:
                 bar = tqdm(total=len(problems) * samples, desc=f"{method} T={temperature} budget={budget}", unit="prog")
                 solved = 0  # programs correct so far, for the running accuracy on the bar
 
-                async def one(problem, sample):
+                async def one(index, problem):
                     nonlocal solved
                     async with gate:
-                        trajectory = await runner.run(problem, "sosp" if method == "bon" else method,
+                        trajectory = await runners[index % len(runners)].run(problem, "sosp" if method == "bon" else method,
                                                       sub_call_budget=budget if method == "apr" else None,
                                                       token_budget=budget if method != "apr" else None,
                                                       temperature=temperature)
@@ -139,9 +151,9 @@ async def evaluate(cfg, method: str, model: str, url: str, problems: list, out_d
                     return trajectory
                 started = time.time()
                 try:
-                    runs = await asyncio.gather(*[one(p, s) for p in problems for s in range(samples)])
+                    runs = await asyncio.gather(*[one(i, p) for i, p in enumerate(problems) for _ in range(samples)])
                 except ServerError as e:
-                    raise UserError(f"the server at {url} stopped answering: {e}") from None
+                    raise UserError(f"a server ({', '.join(urls)}) stopped answering: {e}") from None
                 finally:
                     bar.close()
                 by_problem = [runs[i * samples:(i + 1) * samples] for i in range(len(problems))]
