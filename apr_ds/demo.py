@@ -30,15 +30,19 @@ from pathlib import Path
 from apr_ds.errors import UserError
 
 SHIPPED = Path(__file__).resolve().parents[1] / "checkpoints" / "cpu"
+# Both cores decode during evaluation: 1.2x faster than one server here (tools/results/bench_eval.json).
+ONE_SERVER_PER_CORE = ["eval.servers=2"]
 
 
 def add_arguments(parser) -> None:
     from apr_ds.cli import add_config_arguments
     add_config_arguments(parser)
     parser.set_defaults(preset="tiny")
+    parser.add_argument("--sft-steps", type=int, default=250, help="SFT steps per method of the fresh tiny run")
     parser.add_argument("--problems", type=int, default=50, help="test problems per evaluation of the fresh tiny run")
     parser.add_argument("--shipped", default=str(SHIPPED), help="folder of the shipped cpu-preset models")
     parser.add_argument("--shipped-problems", type=int, default=100, help="test problems per shipped-model evaluation")
+    parser.add_argument("--shipped-bon-problems", type=int, default=50, help="test problems for best-of-4 (4 programs each)")
     parser.add_argument("--shipped-rl-steps", type=int, default=3, help="RL steps from the shipped APR model")
     parser.add_argument("--skip-shipped", action="store_true", help="only the fresh tiny run")
 
@@ -80,7 +84,7 @@ def fresh_pipeline(run_dir: Path, args, times: dict) -> None:
         print(f"\n=== sft {method}: 2 ZeRO-3 ranks", flush=True)
         t0 = time.time()
         proc = subprocess.run([_mpiexec(), "-n", "2", sys.executable, "-m", "apr_ds.cli", "sft", *common,
-                               f"sft.method={method}"], env={**os.environ, **one_thread})
+                               f"sft.method={method}", f"sft.steps={args.sft_steps}"], env={**os.environ, **one_thread})
         if proc.returncode:
             raise UserError(f"demo stage 'sft {method}' failed (exit code {proc.returncode}); its output is above")
         times[f"sft_{method}"] = time.time() - t0
@@ -91,7 +95,7 @@ def fresh_pipeline(run_dir: Path, args, times: dict) -> None:
     for method, model, tag, extra in evals:
         times[f"eval_{method}{tag}"] = _run(f"eval {method}{tag}", [
             "eval", *common, "--model", str(model), "--method", method, "--tag", tag, f"eval.num_problems={args.problems}",
-            "rollout.max_context=512", *extra], one_thread)
+            "rollout.max_context=512", *ONE_SERVER_PER_CORE, *extra], one_thread)
     times["report"] = _run("report", ["report", str(run_dir), "--out", str(run_dir / "report")])
 
 
@@ -101,9 +105,11 @@ def shipped_models(run_dir: Path, shipped: Path, args, times: dict) -> None:
     common = ["--preset", "cpu", f"run_dir={run_dir}"]
     one_thread = {"OMP_NUM_THREADS": "1"}
     times["cpu_data"] = _run("data (cpu task, for the shipped models)", ["data", *common, "task.num_train=2000"])
-    windows = ["rollout.max_context=768", "eval.context_windows=[512,768]", f"eval.num_problems={args.shipped_problems}"]
-    evals = [("sosp", "sosp", "_shipped", []), ("apr", "apr", "_shipped", []), ("apr", "apr_rl", "_rl_shipped", []),
-             ("bon", "sosp", "_shipped", ["eval.n=4", "eval.temperatures=[0.7]"])]
+    windows = ["rollout.max_context=768", "eval.context_windows=[512,768]", *ONE_SERVER_PER_CORE]
+    greedy = f"eval.num_problems={args.shipped_problems}"
+    evals = [("sosp", "sosp", "_shipped", [greedy]), ("apr", "apr", "_shipped", [greedy]),
+             ("apr", "apr_rl", "_rl_shipped", [greedy]),
+             ("bon", "sosp", "_shipped", [f"eval.num_problems={args.shipped_bon_problems}", "eval.n=4", "eval.temperatures=[0.7]"])]
     for method, model, tag, extra in evals:
         times[f"eval_{method}{tag}"] = _run(f"eval shipped {model} ({method})", [
             "eval", *common, "--model", str(shipped / model), "--method", method, "--tag", tag, *windows, *extra],
@@ -120,7 +126,7 @@ def _eval_rows(run_dir: Path, windows: list[str] | None = None) -> list[str]:
         s = json.loads(path.read_text())["settings"][0]
         by_window = "".join(f" {s['cumulative_accuracy'].get(w, float('nan')):>7.1%}" for w in windows or [])
         extra = f"  pass@4 {s['pass_at']['4']:.0%} cons@4 {s['cons_at']['4']:.0%}" if "pass_at" in s else ""
-        rows.append(f"  {path.stem:<14} {s['accuracy']:>7.1%}{by_window} {s['mean_total_tokens']:>7.0f} "
+        rows.append(f"  {path.stem:<14} {s['problems']:>4} {s['accuracy']:>7.1%}{by_window} {s['mean_total_tokens']:>7.0f} "
                     f"{s['mean_longest_thread']:>7.0f} {s['mean_latency_s']:>6.2f} {s['children_per_spawn']:>8.2f}{extra}")
     return rows
 
@@ -145,12 +151,12 @@ def print_summary(run_dir: Path, times: dict, total_s: float) -> None:
     print("\nPart 1: FRESH tiny run, trained just now (SFT, 4 RL steps); greedy, context 512")
     print("  SFT final val loss: " + ", ".join(f"{m} {sft[m].get('val/loss', float('nan')):.3f}" for m in sft))
     print(f"  RL reward by step: {_rewards(tiny)}")
-    print(f"\n  {'eval':<14} {'acc':>7} {'tokens':>7} {'longest':>7} {'lat s':>6} {'ch/spawn':>8}")
+    print(f"\n  {'eval':<14} {'n':>4} {'acc':>7} {'tokens':>7} {'longest':>7} {'lat s':>6} {'ch/spawn':>8}")
     print("\n".join(_eval_rows(tiny)))
     print("  The tiny budget teaches the trace format, not arithmetic: accuracy near 0% is expected here.")
     if (cpu / "eval").is_dir():
         print("\nPart 2: SHIPPED cpu-preset models (checkpoints/cpu, trained offline: docs/results.md); held-out test")
-        print(f"\n  {'eval':<14} {'acc':>7} {'@512':>7} {'@768':>7} {'tokens':>7} {'longest':>7} {'lat s':>6} {'ch/spawn':>8}")
+        print(f"\n  {'eval':<14} {'n':>4} {'acc':>7} {'@512':>7} {'@768':>7} {'tokens':>7} {'longest':>7} {'lat s':>6} {'ch/spawn':>8}")
         print("\n".join(_eval_rows(cpu, ["512", "768"])))
         print(f"  RL from the shipped APR model, reward by step: {_rewards(cpu)}")
     print(f"\n  reports:     {tiny / 'report'}/report.md" + (f", {cpu / 'report'}/report.md" if (cpu / "eval").is_dir() else ""))
