@@ -285,6 +285,9 @@ class RLConfig:
     rollout.max_context loses reward linearly, up to rl.overlong_penalty at the limit (where the window cuts it).
     0 = off: APR's binary reward."""
     overlong_penalty: float = 1.0
+    advantage: str = "group_norm"
+    """`group_norm` (GRPO, APR's trainer): (R - group mean) / group std. `reward`: A = R, REINFORCE without a
+    baseline, which with the 0/1 reward trains only on solved programs (rejection-sampling fine-tuning done on-policy)."""
     ppo_epochs: int = 2
     """Optimizer steps on each batch (APR: 2 full-batch steps)."""
     micro_batch: int = 4

@@ -73,6 +73,14 @@ def test_rl_rejects_an_unknown_loss_aggregation_before_starting_ranks(apr_ds_cli
     assert "Traceback" not in proc.stderr and not (tmp_path / "run").exists()
 
 
+def test_rl_rejects_an_unknown_advantage_before_starting_ranks(apr_ds_cli, tmp_path):
+    proc = subprocess.run(apr_ds_cli + ["rl", "--preset", "tiny", f"run_dir={tmp_path / 'run'}", "rl.advantage=baseline"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert "apr-ds rl: error: rl.advantage must be group_norm or reward, got 'baseline'" in proc.stderr
+    assert "Traceback" not in proc.stderr and not (tmp_path / "run").exists()
+
+
 def test_rl_rejects_an_overlong_buffer_as_wide_as_the_window(apr_ds_cli, tmp_path):
     proc = subprocess.run(apr_ds_cli + ["rl", "--preset", "tiny", f"run_dir={tmp_path / 'run'}", "rollout.max_context=512",
                                         "rl.overlong_buffer=512"], capture_output=True, text=True, timeout=120)

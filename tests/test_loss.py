@@ -1,9 +1,12 @@
 import math
+from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
 
-from apr_ds.learner.loss import LossSettings, group_advantages, grpo_loss, token_logprobs
+from apr_ds.learner.loss import LossSettings, advantages_for, group_advantages, grpo_loss, token_logprobs
+from apr_ds.learner.rl import build_shares
 
 
 def test_group_advantages_population_std():
@@ -11,6 +14,26 @@ def test_group_advantages_population_std():
     mean, std = 0.4, math.sqrt(0.24)
     assert adv == pytest.approx([(1 - mean) / std, -mean / std, -mean / std, -mean / std, (1 - mean) / std])
     assert group_advantages([1, 1, 1]) == [0.0, 0.0, 0.0]  # no signal from a uniform group
+
+
+def _group(rewards):
+    """One group as the learner receives it: program p has one sequence of 3 prompt + 2 output tokens."""
+    header = SimpleNamespace(rewards=rewards)
+    table = np.asarray([[3, 5, p] for p in range(len(rewards))])
+    tokens = np.arange(5 * len(rewards))
+    return header, tokens, np.zeros(2 * len(rewards), np.float32), table
+
+
+def test_reward_advantage_trains_only_on_solved_programs_and_keeps_an_all_solved_group():
+    assert advantages_for([1, 0, 0, 1], "reward") == [1.0, 0.0, 0.0, 1.0]
+    assert advantages_for([1, 0], "group_norm") == group_advantages([1, 0])
+    # GRPO drops a uniform group (without a KL term); A = R keeps an all-solved one, whose programs still teach.
+    shares, _ = build_shares([_group([1, 1]), _group([0, 1])], 1, 0.0, "reward")
+    assert shares[0]["advantages"].tolist() == [1.0, 1.0, 0.0, 1.0]
+    shares, _ = build_shares([_group([1, 1]), _group([0, 1])], 1, 0.0, "group_norm")
+    assert shares[0]["advantages"].tolist() == pytest.approx([-1.0, 1.0])
+    with pytest.raises(ValueError, match="unknown advantage 'baseline'"):
+        advantages_for([1, 0], "baseline")
 
 
 def _batch(adv, logp=None, prox=None, behav=None, ref=None, mask=None):

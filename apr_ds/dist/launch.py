@@ -42,6 +42,8 @@ def validate(cfg) -> None:
         raise UserError(f"rl.method must be apr or sosp, got {rl.method!r}")
     if rl.loss_agg not in ("token_mean", "token_sum"):
         raise UserError(f"rl.loss_agg must be token_mean or token_sum, got {rl.loss_agg!r}")
+    if rl.advantage not in ("group_norm", "reward"):
+        raise UserError(f"rl.advantage must be group_norm or reward, got {rl.advantage!r}")
     if not 0 <= rl.overlong_buffer < cfg.rollout.max_context or rl.overlong_penalty < 0:
         raise UserError(f"rl.overlong_buffer must be in [0, rollout.max_context={cfg.rollout.max_context}) and "
                         f"rl.overlong_penalty >= 0, got {rl.overlong_buffer} and {rl.overlong_penalty}")

@@ -4,6 +4,7 @@ A group is G programs (rollouts) of one prompt. Program r gets reward R_r in {0,
 verifier and advantage A_r = (R_r - mean(R)) / (std(R) + 1e-10), population std. Every generation call of
 every thread of program r (parent calls and children alike) is a training sequence with advantage A_r:
 one scalar outcome credits every thread, which is how parent and children are trained end to end.
+(`rl.advantage=reward` uses A_r = R_r instead: REINFORCE without a baseline.)
 
 Per sequence s, over its generated tokens t only (prompt tokens, including inserted join text, are masked):
     w_t     = min(exp(logp_prox - logp_behav), is_cap)        truncated importance weight (behaviour -> proximal)
@@ -37,6 +38,20 @@ def group_advantages(rewards: list[float], eps: float = 1e-10) -> list[float]:
     """Group-normalised advantages with the population std (APR's trainer)."""
     r = torch.tensor(rewards, dtype=torch.float64)
     return ((r - r.mean()) / (r.std(unbiased=False) + eps)).tolist()
+
+
+ADVANTAGES = ("group_norm", "reward")
+
+
+def advantages_for(rewards: list[float], kind: str) -> list[float]:
+    """`group_norm`: GRPO's. `reward`: A = R, REINFORCE without a baseline. With a 0/1 reward only solved programs
+    are pushed up and failed ones are left alone, so the update never pushes probability away from a failure onto
+    tokens the policy has barely seen (on the cpu task, GRPO's updates drifted the per-line arithmetic: docs/results.md)."""
+    if kind == "group_norm":
+        return group_advantages(rewards)
+    if kind == "reward":
+        return [float(r) for r in rewards]
+    raise ValueError(f"unknown advantage {kind!r}; expected one of {ADVANTAGES}")
 
 
 def token_logprobs(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

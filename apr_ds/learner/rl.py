@@ -157,12 +157,12 @@ class Batcher:
         return taken, waited, staleness
 
 
-def build_shares(groups, num_learners: int, beta: float) -> tuple[list[dict], dict]:
+def build_shares(groups, num_learners: int, beta: float, advantage: str) -> tuple[list[dict], dict]:
     """Sequences with their advantages, split over learners by tokens. Also returns rollout statistics."""
-    from apr_ds.learner.loss import group_advantages
+    from apr_ds.learner.loss import advantages_for
     records = []
     for header, tokens, logprobs, table in groups:
-        advantages = group_advantages(header.rewards)
+        advantages = advantages_for(header.rewards, advantage)
         per_program = np.bincount(table[:, 2], minlength=len(header.rewards))
         if beta == 0 and all(a == 0 for a in advantages):
             continue  # a uniform group teaches nothing without a KL term (APR's trainer drops it too)
@@ -437,7 +437,7 @@ def _run(cfg, roles, model_dir, out, resume, ds_config, settings) -> dict:
             if rank == 0:
                 groups, waited_now, staleness = batcher.take(rl.prompts_per_step, version, rl.max_staleness)
                 waited += waited_now
-                shares = build_shares(groups, world_size, rl.beta)[0] if groups is not None else [None] * world_size
+                shares = build_shares(groups, world_size, rl.beta, rl.advantage)[0] if groups is not None else [None] * world_size
             share = scatter_shares(roles.role_comm, shares)
             if share is not None:
                 break
