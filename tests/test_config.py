@@ -65,19 +65,15 @@ def test_cli_reports_config_errors_without_traceback(apr_ds_cli, tmp_path):
     assert not (tmp_path / "data").exists()  # nothing written for a config that does not load
 
 
-def test_rl_rejects_an_unknown_loss_aggregation_before_starting_ranks(apr_ds_cli, tmp_path):
-    proc = subprocess.run(apr_ds_cli + ["rl", "--preset", "tiny", f"run_dir={tmp_path / 'run'}", "rl.loss_agg=tokens"],
+@pytest.mark.parametrize("override, message", [
+    ("rl.loss_agg=tokens", "rl.loss_agg must be token_mean or token_sum, got 'tokens'"),
+    ("rl.advantage=baseline", "rl.advantage must be group_norm or reward, got 'baseline'"),
+])
+def test_rl_rejects_an_unknown_objective_before_starting_ranks(apr_ds_cli, tmp_path, override, message):
+    proc = subprocess.run(apr_ds_cli + ["rl", "--preset", "tiny", f"run_dir={tmp_path / 'run'}", override],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
-    assert "apr-ds rl: error: rl.loss_agg must be token_mean or token_sum, got 'tokens'" in proc.stderr
-    assert "Traceback" not in proc.stderr and not (tmp_path / "run").exists()
-
-
-def test_rl_rejects_an_unknown_advantage_before_starting_ranks(apr_ds_cli, tmp_path):
-    proc = subprocess.run(apr_ds_cli + ["rl", "--preset", "tiny", f"run_dir={tmp_path / 'run'}", "rl.advantage=baseline"],
-                          capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 2
-    assert "apr-ds rl: error: rl.advantage must be group_norm or reward, got 'baseline'" in proc.stderr
+    assert f"apr-ds rl: error: {message}" in proc.stderr
     assert "Traceback" not in proc.stderr and not (tmp_path / "run").exists()
 
 
