@@ -17,6 +17,7 @@ A rank that fails ends the whole job with its message (MPI abort); every server 
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -61,6 +62,10 @@ def validate(cfg) -> None:
         raise UserError("rl.max_staleness must be >= 0, rl.ppo_epochs and rl.micro_batch >= 1")
 
 
+def _stop(signum, frame) -> None:
+    raise KeyboardInterrupt
+
+
 def main(args) -> int:
     from apr_ds.cli import config_from_args
     from apr_ds.dist.roles import in_mpi_world, mpiexec_command
@@ -73,15 +78,21 @@ def main(args) -> int:
         print(f"apr-ds rl: starting {cfg.rl.learner_ranks} learner + {cfg.rl.rollout_ranks} rollout ranks: {' '.join(command)}",
               flush=True)
         proc = subprocess.Popen(command, env=env)
+        signal.signal(signal.SIGTERM, _stop)  # `kill PID` must stop the ranks and their servers too, not orphan them
+        stopped = False
         try:
             code = proc.wait()
         except KeyboardInterrupt:
+            stopped = True
             proc.terminate()
             code = proc.wait()
+        resume = f"run the same command again to resume from the newest checkpoint in {Path(cfg.run_dir) / 'rl' / 'checkpoints'}"
+        if stopped:
+            print(f"apr-ds rl: stopped; {resume}", file=sys.stderr, flush=True)
+            return 130
         if code:
-            print(f"apr-ds rl: the job failed (exit code {code}; the failing rank's message is above); "
-                  f"run the same command again to resume from the newest checkpoint in "
-                  f"{Path(cfg.run_dir) / 'rl' / 'checkpoints'}", file=sys.stderr, flush=True)
+            print(f"apr-ds rl: the job failed (exit code {code}; the failing rank's message is above); {resume}",
+                  file=sys.stderr, flush=True)
         return code
     return run_rank(cfg, args.resume)
 

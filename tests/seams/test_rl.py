@@ -63,13 +63,13 @@ def test_synchronous_mode_and_resume(sft_run):
     assert all(r["rollout/accuracy"] - 0.5 <= r["rollout/reward"] < r["rollout/accuracy"] for r in rows), rows
 
 
-def _kill_after_first_checkpoint(run_dir, proc, victim) -> None:
+def _kill_after_first_checkpoint(run_dir, proc, victim, sig) -> None:
     checkpoint = run_dir / "rl" / "checkpoints" / "step_00000001" / "COMPLETE"
     deadline = time.time() + 600
     while time.time() < deadline and not checkpoint.is_file() and proc.poll() is None:
         time.sleep(0.5)
     assert checkpoint.is_file(), "no first checkpoint"
-    os.kill(victim(), signal.SIGKILL)
+    os.kill(victim(), sig)
 
 
 def _server_pid(run_dir, index=0) -> int:
@@ -80,11 +80,12 @@ def _parent_of(pid: int) -> int:
     return int(open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[1])
 
 
-def _run_and_kill(run_dir, victim, *overrides, learners=1, rollouts=1):
+def _run_and_kill(run_dir, victim, *overrides, learners=1, rollouts=1, sig=signal.SIGKILL):
+    """`victim(launcher_pid)` names the process to signal once the first checkpoint is complete."""
     cmd = rl_command(run_dir, *overrides, learners=learners, rollouts=rollouts)
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
-        _kill_after_first_checkpoint(run_dir, proc, victim)
+        _kill_after_first_checkpoint(run_dir, proc, lambda: victim(proc.pid), sig)
         _, stderr = proc.communicate(timeout=500)
     finally:
         if proc.poll() is None:
@@ -99,7 +100,7 @@ def test_a_killed_server_is_restarted_resynced_and_the_run_goes_on(sft_run):
     run_dir = sft_run("apr", name="restart")
     first_server = []
 
-    def victim():
+    def victim(launcher_pid):
         first_server.append(_server_pid(run_dir))
         return first_server[0]
     code, stderr = _run_and_kill(run_dir, victim, "rl.steps=6", "rl.save_every=1", "rl.max_staleness=1", rollouts=2)
@@ -121,7 +122,7 @@ def test_a_killed_server_is_restarted_resynced_and_the_run_goes_on(sft_run):
 
 def test_a_dying_rollout_rank_ends_the_job_with_a_message_and_resume_works(sft_run):
     run_dir = sft_run("apr", name="fault")
-    code, stderr = _run_and_kill(run_dir, lambda: _parent_of(_server_pid(run_dir)), "rl.steps=40", "rl.save_every=1")
+    code, stderr = _run_and_kill(run_dir, lambda launcher: _parent_of(_server_pid(run_dir)), "rl.steps=40", "rl.save_every=1")
     assert code != 0
     assert "apr-ds rl: the job failed" in stderr and "resume from the newest checkpoint" in stderr, stderr[-3000:]
     deadline = time.time() + 30  # the orphaned server got SIGTERM when its rank died (PR_SET_PDEATHSIG)
@@ -132,6 +133,33 @@ def test_a_dying_rollout_rank_ends_the_job_with_a_message_and_resume_works(sft_r
     assert resumed.returncode == 0, resumed.stderr[-4000:]
     assert "resumed from" in resumed.stderr
     assert read_scalars(run_dir)[-1]["step"] == 3
+
+
+def _processes_of(run_dir) -> list[int]:
+    """Live processes started for this run: ranks (their command line names the run) and servers (pid files)."""
+    ranks = []
+    for cmdline in os.listdir("/proc"):
+        try:
+            if cmdline.isdigit() and f"run_dir={run_dir}" in open(f"/proc/{cmdline}/cmdline").read().replace("\0", " "):
+                ranks.append(int(cmdline))
+        except OSError:
+            pass
+    return [pid for pid in ranks if process_alive(pid)] + _servers_of(run_dir)
+
+
+def test_sigterm_to_the_launcher_stops_every_rank_and_server(sft_run):
+    """`kill PID` of `apr-ds rl` (what a user or a batch system sends) ends the whole job, not only the launcher."""
+    run_dir = sft_run("apr", name="sigterm")
+    try:
+        code, stderr = _run_and_kill(run_dir, lambda launcher: launcher, "rl.steps=40", "rl.save_every=1", sig=signal.SIGTERM)
+        assert code == 130 and "apr-ds rl: stopped; run the same command again to resume" in stderr, stderr[-3000:]
+        deadline = time.time() + 30
+        while _processes_of(run_dir) and time.time() < deadline:
+            time.sleep(0.5)
+        assert not _processes_of(run_dir)
+    finally:  # what this test started, if the launcher left it behind
+        for pid in _processes_of(run_dir):
+            os.kill(pid, signal.SIGKILL)
 
 
 def test_bad_inputs_stop_before_any_rank_starts(tmp_path):
