@@ -31,7 +31,7 @@ from apr_ds.errors import UserError
 
 SHIPPED = Path(__file__).resolve().parents[1] / "checkpoints" / "cpu"
 # Both cores decode during evaluation: 1.2x faster than one server here (tools/results/bench_eval.json).
-ONE_SERVER_PER_CORE = ["eval.servers=2"]
+EVAL_ON_BOTH_CORES = ["eval.servers=2"]
 
 
 def add_arguments(parser) -> None:
@@ -95,7 +95,7 @@ def fresh_pipeline(run_dir: Path, args, times: dict) -> None:
     for method, model, tag, extra in evals:
         times[f"eval_{method}{tag}"] = _run(f"eval {method}{tag}", [
             "eval", *common, "--model", str(model), "--method", method, "--tag", tag, f"eval.num_problems={args.problems}",
-            "rollout.max_context=512", *ONE_SERVER_PER_CORE, *extra], one_thread)
+            "rollout.max_context=512", *EVAL_ON_BOTH_CORES, *extra], one_thread)
     times["report"] = _run("report", ["report", str(run_dir), "--out", str(run_dir / "report")])
 
 
@@ -105,7 +105,7 @@ def shipped_models(run_dir: Path, shipped: Path, args, times: dict) -> None:
     common = ["--preset", "cpu", f"run_dir={run_dir}"]
     one_thread = {"OMP_NUM_THREADS": "1"}
     times["cpu_data"] = _run("data (cpu task, for the shipped models)", ["data", *common, "task.num_train=2000"])
-    windows = ["rollout.max_context=768", "eval.context_windows=[512,768]", *ONE_SERVER_PER_CORE]
+    windows = ["rollout.max_context=768", "eval.context_windows=[512,768]", *EVAL_ON_BOTH_CORES]
     greedy = f"eval.num_problems={args.shipped_problems}"
     evals = [("sosp", "sosp", "_shipped", [greedy]), ("apr", "apr", "_shipped", [greedy]),
              ("apr", "apr_rl", "_rl_shipped", [greedy]),
