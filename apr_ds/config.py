@@ -250,6 +250,11 @@ class EvalConfig:
     """Where results go; empty = {run_dir}/eval."""
 
 
+RL_METHODS = ("apr", "sosp")
+RL_LOSS_AGGS = ("token_mean", "token_sum")
+RL_ADVANTAGES = ("group_norm", "reward")
+
+
 @dataclass
 class RLConfig:
     """`apr-ds rl`: GRPO on spawn/join programs with ZeRO-3 learner ranks and separate rollout ranks (apr-reference §4)."""

@@ -24,6 +24,7 @@ import time
 import traceback
 from pathlib import Path
 
+from apr_ds.config import RL_ADVANTAGES, RL_LOSS_AGGS, RL_METHODS
 from apr_ds.errors import UserError
 
 
@@ -39,12 +40,10 @@ def init_model_dir(cfg) -> str:
 
 def validate(cfg) -> None:
     rl = cfg.rl
-    if rl.method not in ("apr", "sosp"):
-        raise UserError(f"rl.method must be apr or sosp, got {rl.method!r}")
-    if rl.loss_agg not in ("token_mean", "token_sum"):
-        raise UserError(f"rl.loss_agg must be token_mean or token_sum, got {rl.loss_agg!r}")
-    if rl.advantage not in ("group_norm", "reward"):
-        raise UserError(f"rl.advantage must be group_norm or reward, got {rl.advantage!r}")
+    for key, value, allowed in (("method", rl.method, RL_METHODS), ("loss_agg", rl.loss_agg, RL_LOSS_AGGS),
+                                ("advantage", rl.advantage, RL_ADVANTAGES)):
+        if value not in allowed:
+            raise UserError(f"rl.{key} must be {' or '.join(allowed)}, got {value!r}")
     if not 0 <= rl.overlong_buffer < cfg.rollout.max_context or rl.overlong_penalty < 0:
         raise UserError(f"rl.overlong_buffer must be in [0, rollout.max_context={cfg.rollout.max_context}) and "
                         f"rl.overlong_penalty >= 0, got {rl.overlong_buffer} and {rl.overlong_penalty}")

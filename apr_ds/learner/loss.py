@@ -33,14 +33,13 @@ from dataclasses import dataclass
 
 import torch
 
+from apr_ds.config import RL_ADVANTAGES
+
 
 def group_advantages(rewards: list[float], eps: float = 1e-10) -> list[float]:
     """Group-normalised advantages with the population std (APR's trainer)."""
     r = torch.tensor(rewards, dtype=torch.float64)
     return ((r - r.mean()) / (r.std(unbiased=False) + eps)).tolist()
-
-
-ADVANTAGES = ("group_norm", "reward")
 
 
 def advantages_for(rewards: list[float], kind: str) -> list[float]:
@@ -51,7 +50,7 @@ def advantages_for(rewards: list[float], kind: str) -> list[float]:
         return group_advantages(rewards)
     if kind == "reward":
         return [float(r) for r in rewards]
-    raise ValueError(f"unknown advantage {kind!r}; expected one of {ADVANTAGES}")
+    raise ValueError(f"unknown advantage {kind!r}; expected one of {RL_ADVANTAGES}")
 
 
 def token_logprobs(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
