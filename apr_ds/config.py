@@ -250,7 +250,8 @@ class EvalConfig:
     """Where results go; empty = {run_dir}/eval."""
 
 
-RL_METHODS = ("apr", "sosp")
+METHODS = ("sosp", "apr")
+"""The two trace formats: what `apr-ds data` writes, `sft` trains on and `rl` samples (sft.method, rl.method)."""
 RL_LOSS_AGGS = ("token_mean", "token_sum")
 RL_ADVANTAGES = ("group_norm", "reward")
 

@@ -22,7 +22,8 @@ import os
 import time
 from pathlib import Path
 
-METHODS = ("sosp", "apr")
+from apr_ds.config import METHODS
+
 SEQUENCE_SPLITS = ("train", "val")
 
 
@@ -86,7 +87,7 @@ def build(cfg) -> dict:
         raise UserError(f"data.over_length must be drop or keep, got {cfg.data.over_length!r}")
     if cfg.data.workers < 1:
         raise UserError(f"data.workers must be >= 1, got {cfg.data.workers}")
-    for method in ("sosp", "apr"):
+    for method in METHODS:
         low, high = getattr(cfg.solver, f"{method}_min_beam"), getattr(cfg.solver, f"{method}_max_beam")
         if not 1 <= low <= high:
             raise UserError(f"solver.{method}_min_beam must be between 1 and solver.{method}_max_beam, got {low}..{high}")

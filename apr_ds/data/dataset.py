@@ -25,9 +25,9 @@ from pathlib import Path
 
 import numpy as np
 
+from apr_ds.config import METHODS
 from apr_ds.errors import UserError
 
-METHODS = ("sosp", "apr")
 IGNORE_INDEX = -100  # label value that cross-entropy skips: padding
 
 

@@ -24,7 +24,7 @@ import time
 import traceback
 from pathlib import Path
 
-from apr_ds.config import RL_ADVANTAGES, RL_LOSS_AGGS, RL_METHODS
+from apr_ds.config import METHODS, RL_ADVANTAGES, RL_LOSS_AGGS
 from apr_ds.errors import UserError
 
 
@@ -40,7 +40,7 @@ def init_model_dir(cfg) -> str:
 
 def validate(cfg) -> None:
     rl = cfg.rl
-    for key, value, allowed in (("method", rl.method, RL_METHODS), ("loss_agg", rl.loss_agg, RL_LOSS_AGGS),
+    for key, value, allowed in (("method", rl.method, METHODS), ("loss_agg", rl.loss_agg, RL_LOSS_AGGS),
                                 ("advantage", rl.advantage, RL_ADVANTAGES)):
         if value not in allowed:
             raise UserError(f"rl.{key} must be {' or '.join(allowed)}, got {value!r}")
@@ -78,15 +78,12 @@ def main(args) -> int:
               flush=True)
         proc = subprocess.Popen(command, env=env)
         signal.signal(signal.SIGTERM, _stop)  # `kill PID` must stop the ranks and their servers too, not orphan them
-        stopped = False
+        resume = f"run the same command again to resume from the newest checkpoint in {Path(cfg.run_dir) / 'rl' / 'checkpoints'}"
         try:
             code = proc.wait()
         except KeyboardInterrupt:
-            stopped = True
             proc.terminate()
-            code = proc.wait()
-        resume = f"run the same command again to resume from the newest checkpoint in {Path(cfg.run_dir) / 'rl' / 'checkpoints'}"
-        if stopped:
+            proc.wait()
             print(f"apr-ds rl: stopped; {resume}", file=sys.stderr, flush=True)
             return 130
         if code:

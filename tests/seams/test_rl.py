@@ -138,10 +138,10 @@ def test_a_dying_rollout_rank_ends_the_job_with_a_message_and_resume_works(sft_r
 def _processes_of(run_dir) -> list[int]:
     """Live processes started for this run: ranks (their command line names the run) and servers (pid files)."""
     ranks = []
-    for cmdline in os.listdir("/proc"):
+    for entry in os.listdir("/proc"):
         try:
-            if cmdline.isdigit() and f"run_dir={run_dir}" in open(f"/proc/{cmdline}/cmdline").read().replace("\0", " "):
-                ranks.append(int(cmdline))
+            if entry.isdigit() and f"run_dir={run_dir}" in open(f"/proc/{entry}/cmdline").read().replace("\0", " "):
+                ranks.append(int(entry))
         except OSError:
             pass
     return [pid for pid in ranks if process_alive(pid)] + _servers_of(run_dir)
