@@ -53,6 +53,8 @@ def validate(cfg) -> None:
     problems = Path(cfg.run_dir) / "data" / "problems" / "train.jsonl"
     if not problems.is_file():
         raise UserError(f"no training problems at {problems}; run `apr-ds data` for this run_dir")
+    if rl.temperature <= 0:
+        raise UserError(f"rl.temperature must be > 0 (RL samples its programs; 0 is greedy decoding), got {rl.temperature}")
     if rl.group_size < 2:
         raise UserError(f"rl.group_size must be >= 2 (advantages are normalised within a group), got {rl.group_size}")
     if rl.prompts_per_step < rl.rollout_ranks:

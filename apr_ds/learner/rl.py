@@ -229,14 +229,15 @@ def train_step(engine, ref_engine, share: dict, settings, rl, world_size: int, p
         for indices in batches:
             ids, targets, mask, behaviour = collate(share, indices, pad_id, bos_id)
             ids, targets = ids.to(device), targets.to(device)
-            prox = token_logprobs(engine(input_ids=ids).logits[:, :-1], targets)
-            ref = token_logprobs(ref_engine(input_ids=ids).logits[:, :-1], targets) if ref_engine is not None else None
+            prox = token_logprobs(engine(input_ids=ids).logits[:, :-1], targets, rl.temperature)
+            ref = (token_logprobs(ref_engine(input_ids=ids).logits[:, :-1], targets, rl.temperature)
+                   if ref_engine is not None else None)
             fixed.append((ids, targets, mask.to(device), behaviour.to(device), prox, ref))
     totals: dict = {}
     for epoch in range(rl.ppo_epochs):
         for indices, (ids, targets, mask, behaviour, prox, ref) in zip(batches, fixed):
             logits = engine(input_ids=ids).logits[:, :-1]
-            logp = token_logprobs(logits, targets)
+            logp = token_logprobs(logits, targets, rl.temperature)
             adv = torch.as_tensor(share["advantages"][indices] if indices else np.zeros(1, np.float32), device=device)
             sip = torch.as_tensor(share["seqs_in_program"][indices] if indices else np.ones(1, np.float32), device=device)
             loss, stats = grpo_loss(logp, prox, behaviour, ref, mask, adv, sip, max(1, share["num_sequences"]), settings)
@@ -245,7 +246,7 @@ def train_step(engine, ref_engine, share: dict, settings, rl, world_size: int, p
             engine.step()
             if epoch == 0:
                 with torch.no_grad():
-                    probs = torch.softmax(logits.float(), -1)
+                    probs = torch.softmax(logits.float() / rl.temperature, -1)
                     entropy = -(probs * torch.log(probs.clamp_min(1e-12))).sum(-1)
                     stats["entropy_sum"] = float((entropy * mask).sum())
                 for key, value in stats.items():

@@ -143,7 +143,9 @@ class RolloutRank:
         self.restarts = 0
         self.requeue: list[int] = []
         self.rerun: set[int] = set()
-        self.synced = True  # False from a restart until the restarted server holds the current weights
+        # False while the server's weights are not the current version: after a restart, and on a resumed run
+        # from the start (a server starts from the SFT weights, version 0), until the learner's first WeightUpdate
+        self.synced = setup.version == 0
         self.in_group = True
 
     def admitted(self) -> bool:
