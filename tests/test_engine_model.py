@@ -1,5 +1,6 @@
-"""The engine in-process: greedy equals transformers `generate`, log-probs equal a plain forward pass,
-the prefix cache changes nothing but the work done, stops and limits, batching and memory pressure."""
+"""The engine in-process: greedy equals transformers `generate`, log-probs equal the RL learner's score of a
+plain forward pass, the prefix cache changes nothing but the work done, stops and limits, batching and memory
+pressure."""
 
 import threading
 
@@ -9,6 +10,7 @@ import torch
 from apr_ds.config import EngineConfig
 from apr_ds.engine.engine import Engine
 from apr_ds.engine.sequence import SamplingParams
+from apr_ds.learner.loss import token_logprobs
 from engine_fixtures import save_model
 
 torch.set_num_threads(1)
@@ -69,16 +71,18 @@ def test_greedy_with_tied_embeddings_and_eos_stopping_matches_transformers(tmp_p
         engine.shutdown()
 
 
-@pytest.mark.parametrize("temperature", [0.0, 1.0])
-def test_logprobs_equal_the_log_softmax_of_a_forward_pass(model_dir, engine, temperature):
+@pytest.mark.parametrize("temperature", [0.0, 1.0, 0.5])
+def test_logprobs_are_what_the_learner_scores_for_the_same_tokens(model_dir, engine, temperature):
+    """The RL learner's importance weight compares these log-probs with its own (learner/loss.py token_logprobs) at
+    the rollout temperature: both must be the log-softmax of logits / T (of plain logits when greedy)."""
     _, hf = model_dir
     seqs = engine.generate(PROMPTS[:3], SamplingParams(max_new_tokens=16, temperature=temperature, ignore_eos=True),
                            return_logprob=True)
     for prompt, seq in zip(PROMPTS, seqs):
         with torch.no_grad():
-            logits = hf(torch.tensor([prompt + seq.output_ids])).logits[0]
-        expected = torch.log_softmax(logits.float(), -1)[len(prompt) - 1:-1].gather(1, torch.tensor(seq.output_ids)[:, None])
-        assert torch.allclose(torch.tensor(seq.output_logprobs), expected.squeeze(1), atol=1e-4)
+            logits = hf(torch.tensor([prompt + seq.output_ids])).logits[:, len(prompt) - 1:-1]
+        expected = token_logprobs(logits, torch.tensor([seq.output_ids]), temperature or 1.0)[0]
+        assert torch.allclose(torch.tensor(seq.output_logprobs), expected, atol=1e-4)
 
 
 def test_prefix_cache_on_and_off_give_identical_outputs_and_hits_are_reported(model_dir):

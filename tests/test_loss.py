@@ -96,6 +96,8 @@ def test_token_logprobs_match_log_softmax():
     targets = torch.randint(0, 7, (2, 4))
     expected = torch.log_softmax(logits, -1)[torch.arange(2)[:, None], torch.arange(4)[None, :], targets]
     assert torch.allclose(token_logprobs(logits, targets), expected)
+    tempered = torch.log_softmax(logits / 0.5, -1)[torch.arange(2)[:, None], torch.arange(4)[None, :], targets]
+    assert torch.allclose(token_logprobs(logits, targets, 0.5), tempered)
 
 
 def test_one_token_the_policy_ruled_out_cannot_dominate_the_kl():
