@@ -47,14 +47,14 @@ def validate(cfg) -> None:
     if not 0 <= rl.overlong_buffer < cfg.rollout.max_context or rl.overlong_penalty < 0:
         raise UserError(f"rl.overlong_buffer must be in [0, rollout.max_context={cfg.rollout.max_context}) and "
                         f"rl.overlong_penalty >= 0, got {rl.overlong_buffer} and {rl.overlong_penalty}")
+    if rl.temperature <= 0:
+        raise UserError(f"rl.temperature must be > 0 (RL samples its programs; 0 is greedy decoding), got {rl.temperature}")
     model = Path(init_model_dir(cfg))
     if not (model / "config.json").is_file():
         raise UserError(f"no SFT model at {model} (rl.init_model); train one with `apr-ds sft sft.method={rl.method}`")
     problems = Path(cfg.run_dir) / "data" / "problems" / "train.jsonl"
     if not problems.is_file():
         raise UserError(f"no training problems at {problems}; run `apr-ds data` for this run_dir")
-    if rl.temperature <= 0:
-        raise UserError(f"rl.temperature must be > 0 (RL samples its programs; 0 is greedy decoding), got {rl.temperature}")
     if rl.group_size < 2:
         raise UserError(f"rl.group_size must be >= 2 (advantages are normalised within a group), got {rl.group_size}")
     if rl.prompts_per_step < rl.rollout_ranks:
