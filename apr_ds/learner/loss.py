@@ -13,8 +13,9 @@ Per sequence s, over its generated tokens t only (prompt tokens, including inser
     kl_t    = min(exp(d) - d - 1, 10), d = clamp(ref - logp, ±20)   k3 estimator against the frozen SFT reference,
               capped per token as verl's low_var_kl: one token the policy has all but ruled out (ref/pi = e^15)
               otherwise outweighs the whole batch (cpu run, docs/results.md: KL 27 and grad norm 15 in one step)
-where logp is the current policy (with gradient) at the rollout temperature, logp_prox the learner's policy when this optimizer step
-began (no gradient; recomputed by the learner), and logp_behav the log-probs the inference server returned
+where logp is the current policy (with gradient), logp_prox the learner's policy when this optimizer step
+began (no gradient; recomputed by the learner), all three learner log-probs at the rollout temperature
+(token_logprobs), and logp_behav the log-probs the inference server returned
 when it sampled the tokens, possibly several weight versions ago. This is AReaL's decoupled PPO: the clip
 acts around the proximal policy, and the stale behaviour policy only enters through the capped weight.
 
@@ -57,7 +58,7 @@ def token_logprobs(logits: torch.Tensor, targets: torch.Tensor, temperature: flo
     """log p(target_t | prefix) for logits [B, T, V] and targets [B, T], under softmax(logits / temperature).
     RL trains the policy it samples from: the server drew the tokens from the tempered distribution and
     returned their log-probs under it, so the learner's policy, proximal and reference log-probs are tempered
-    alike (as verl and slime divide by the rollout temperature). At T 1 this is the plain log-softmax."""
+    alike (verl's actor divides by the rollout temperature too). At T 1 this is the plain log-softmax."""
     return torch.log_softmax(logits.float() / temperature, dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
 
 
