@@ -49,6 +49,11 @@ def validate(cfg) -> None:
                         f"rl.overlong_penalty >= 0, got {rl.overlong_buffer} and {rl.overlong_penalty}")
     if rl.temperature <= 0:
         raise UserError(f"rl.temperature must be > 0 (RL samples its programs; 0 is greedy decoding), got {rl.temperature}")
+    if cfg.rollout.top_p != 1.0 or cfg.rollout.top_k != -1:
+        # the learner scores tokens under the whole tempered distribution, as the server's log-probs are;
+        # a truncated sampler draws from another one (and top_k=1 is greedy decoding)
+        raise UserError(f"rl needs untruncated sampling: rollout.top_p must be 1 and rollout.top_k -1, "
+                        f"got {cfg.rollout.top_p} and {cfg.rollout.top_k}")
     model = Path(init_model_dir(cfg))
     if not (model / "config.json").is_file():
         raise UserError(f"no SFT model at {model} (rl.init_model); train one with `apr-ds sft sft.method={rl.method}`")
