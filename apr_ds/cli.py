@@ -4,6 +4,7 @@
     apr-ds sft   --preset tiny [key=value ...]     SFT with DeepSpeed ZeRO-3 (launchers: apr_ds/learner/sft.py)
     apr-ds export CKPT OUT                         a checkpoint -> a Hugging Face model directory
     apr-ds serve --model DIR [--port P] [key=value ...]   a Llama checkpoint behind SGLang's HTTP API (CPU)
+    apr-ds compare A.json B.json [--windows 512 768]   two eval runs paired problem by problem
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ COMMANDS = {
     "data": ("apr_ds.data.build", "build problems, solver traces, SFT sequences and the tokenizer"),
     "eval": ("apr_ds.eval.run", "evaluate APR, SoS+ or best-of-n on a split: accuracy, tokens, latency"),
     "report": ("apr_ds.eval.report", "plots and a Markdown table from eval results"),
+    "compare": ("apr_ds.eval.compare", "two eval runs on the same problems, paired: both / only A / only B, sign test"),
     "demo": ("apr_ds.demo", "the whole pipeline on the tiny preset: data, SFT, RL, eval, report"),
     "rl": ("apr_ds.dist.launch", "asynchronous GRPO: ZeRO-3 learner ranks + rollout ranks running spawn/join programs"),
     "sft": ("apr_ds.learner.sft", "supervised fine-tuning on the traces (DeepSpeed ZeRO-3; run under a launcher for many ranks)"),
