@@ -1,8 +1,7 @@
-"""`apr-ds compare`: two eval runs paired problem by problem, from trajectories files in eval's own format."""
+"""`apr-ds compare`: two eval runs paired problem by problem, from files in `apr-ds eval`'s own formats."""
 
 import json
 import subprocess
-import sys
 
 import pytest
 
@@ -17,20 +16,33 @@ def _trajectory(problem, correct, context_len):
     return Trajectory(problem=problem, method="apr", threads=[thread], correct=correct)
 
 
-def _write_run(path, outcomes, temperature=0.0, samples=1):
-    """outcomes: one (correct, longest thread) per problem; eval writes a problem's samples one after another."""
+def _write_run(path, outcomes, temperature=0.0, split="test", first_target=10):
+    """outcomes: per problem, one (correct, longest thread) per sample; eval writes a problem's samples in a row."""
+    samples = len(outcomes[0])
     with open(path.with_name(path.stem + ".trajectories.jsonl"), "w") as f:
-        for index, (correct, length) in enumerate(outcomes):
-            for sample in range(samples):
-                record = _trajectory({"nums": [index, 2, 3, 4], "target": 10}, correct and sample == 0, length).to_json()
-                f.write(json.dumps({**record, "temperature": temperature, "budget": None}) + "\n")
-    path.write_text("{}")
+        for index, problem_samples in enumerate(outcomes):
+            problem = {"nums": [index, 2, 3, 4], "target": first_target + index}
+            for correct, length in problem_samples:
+                f.write(json.dumps({**_trajectory(problem, correct, length).to_json(),
+                                    "temperature": temperature, "budget": None}) + "\n")
+    setting = {"temperature": temperature, "budget": None, "n": samples, "problems": len(outcomes)}
+    path.write_text(json.dumps({"method": "apr", "model": "m", "split": split, "settings": [setting]}))
     return path
 
 
-def _compare(*args):
-    return subprocess.run([sys.executable, "-m", "apr_ds.cli", "compare", *map(str, args)],
-                          capture_output=True, text=True, timeout=120)
+def _greedy(*outcomes):
+    return [[outcome] for outcome in outcomes]
+
+
+@pytest.fixture
+def compare(apr_ds_cli):
+    def run(*args):
+        return subprocess.run([*apr_ds_cli, "compare", *map(str, args)], capture_output=True, text=True, timeout=120)
+    return run
+
+
+def _rows(stdout):
+    return [line.split() for line in stdout.splitlines() if line.split()[:1] in (["0.0"], ["0.7"])]
 
 
 def test_sign_test_matches_the_binomial_tail():
@@ -40,43 +52,62 @@ def test_sign_test_matches_the_binomial_tail():
     assert sign_test_p(40, 24) == sign_test_p(24, 40) == pytest.approx(0.0602, abs=5e-4)
 
 
-def test_counts_problems_per_window(tmp_path):
-    # problem:        0          1          2           3           4          5
-    a = [(True, 400), (True, 700), (True, 700), (False, 300), (True, 300), (False, 300)]
-    b = [(True, 400), (False, 300), (True, 400), (True, 700), (False, 300), (False, 300)]
-    proc = _compare(_write_run(tmp_path / "a.json", a), _write_run(tmp_path / "b.json", b), "--windows", 512, 768)
+def test_counts_problems_per_window(tmp_path, compare):
+    # problem:   0             1             2             3              4             5
+    a = _greedy((True, 400), (True, 700), (True, 700), (False, 300), (True, 512), (False, 300))
+    b = _greedy((True, 400), (False, 300), (True, 400), (True, 700), (False, 300), (False, 300))
+    proc = compare(_write_run(tmp_path / "a.json", a), _write_run(tmp_path / "b.json", b), "--windows", 512, 768)
     assert proc.returncode == 0, proc.stderr
-    rows = [line.split() for line in proc.stdout.splitlines() if line.split()[:1] == ["0.0"]]
-    # at 512: A solves 0 and 4, B solves 0 and 2; at 768 everything solved counts
-    assert rows[0][2:] == ["512", "6", "33.3%", "33.3%", "1", "1", "1", "1.000"]
-    assert rows[1][2:] == ["768", "6", "66.7%", "50.0%", "2", "2", "1", "1.000"]
+    rows = _rows(proc.stdout)
+    # at 512: A solves 0 and 4 (exactly 512 fits), B solves 0 and 2; at 768 everything solved counts
+    assert rows[0][4:] == ["512", "6", "33.3%", "33.3%", "1", "1", "1", "1.000"]
+    assert rows[1][4:] == ["768", "6", "66.7%", "50.0%", "2", "2", "1", "1.000"]
 
 
-def test_best_of_n_compares_the_first_sample(tmp_path):
-    a = _write_run(tmp_path / "a.json", [(True, 300)] * 4, samples=4)
-    b = _write_run(tmp_path / "b.json", [(False, 300)] * 4)
-    proc = _compare(a, b)
+def test_best_of_n_is_paired_on_its_first_sample_whatever_the_settings(tmp_path, compare):
+    # best-of-3 at T 0.7 where only a later sample solves each problem, against greedy that solves all four
+    bon = _write_run(tmp_path / "bon.json", [[(False, 300), (True, 300), (True, 300)]] * 4, temperature=0.7)
+    greedy = _write_run(tmp_path / "greedy.json", _greedy(*[(True, 300)] * 4))
+    proc = compare(greedy, str(bon).replace(".json", ".trajectories.jsonl"))
     assert proc.returncode == 0, proc.stderr
-    row = next(line.split() for line in proc.stdout.splitlines() if line.split()[:1] == ["0.0"])
-    assert row[2:] == ["-", "4", "100.0%", "0.0%", "0", "4", "0", "0.125"]
+    row = _rows(proc.stdout)[0]
+    assert row[:2] == ["0.0", "None"] and row[2:4] == ["0.7", "None"]
+    assert row[4:] == ["-", "4", "100.0%", "0.0%", "0", "4", "0", "0.125"]
 
 
-def test_refuses_runs_on_different_problems(tmp_path):
-    a = _write_run(tmp_path / "a.json", [(True, 300)] * 3)
-    b = _write_run(tmp_path / "b.json", [(True, 300)] * 4)
-    proc = _compare(a, b)
+def test_refuses_runs_on_different_problems(tmp_path, compare):
+    three = _write_run(tmp_path / "a.json", _greedy(*[(True, 300)] * 3))
+    proc = compare(three, _write_run(tmp_path / "b.json", _greedy(*[(True, 300)] * 4)))
     assert proc.returncode == 2 and "has 3 problems" in proc.stderr and "Traceback" not in proc.stderr
-    c = _write_run(tmp_path / "c.json", [(True, 300)] * 3, temperature=0.7)
-    proc = _compare(a, c)
-    assert proc.returncode == 2 and "share no sampling setting" in proc.stderr
+    proc = compare(three, _write_run(tmp_path / "c.json", _greedy(*[(True, 300)] * 3), first_target=11))
+    assert proc.returncode == 2 and "problem 0 differs" in proc.stderr and proc.stdout == ""
+    proc = compare(three, _write_run(tmp_path / "d.json", _greedy(*[(True, 300)] * 3), split="val"))
+    assert proc.returncode == 2 and "'test' split and B on 'val'" in proc.stderr
 
 
-def test_names_the_bad_file_and_line(tmp_path):
-    good = _write_run(tmp_path / "a.json", [(True, 300)] * 2)
-    bad = tmp_path / "b.trajectories.jsonl"
-    bad.write_text(good.with_name("a.trajectories.jsonl").read_text().splitlines()[0] + "\n{not json\n")
-    proc = _compare(good, bad)
-    assert proc.returncode == 2 and f"{bad}:2: not an `apr-ds eval` trajectory" in proc.stderr
-    assert "Traceback" not in proc.stderr
-    proc = _compare(good, tmp_path / "missing.json")
+def test_refuses_trajectories_that_the_results_file_does_not_describe(tmp_path, compare):
+    a = _write_run(tmp_path / "a.json", _greedy(*[(True, 300)] * 3))
+    b = _write_run(tmp_path / "b.json", _greedy(*[(True, 300)] * 3))
+    trajectories = tmp_path / "b.trajectories.jsonl"
+    trajectories.write_text("".join(trajectories.read_text().splitlines(keepends=True)[:2]))  # an interrupted re-run
+    proc = compare(a, b)
+    assert proc.returncode == 2 and "reports 3 problems x 1 samples, but its trajectories file holds 2" in proc.stderr
+
+
+def test_names_the_bad_file_and_line(tmp_path, compare):
+    good = _write_run(tmp_path / "a.json", _greedy((True, 300), (True, 300)))
+    bad = _write_run(tmp_path / "b.json", _greedy((True, 300), (True, 300)))
+    lines = (tmp_path / "b.trajectories.jsonl").read_text().splitlines()
+    (tmp_path / "b.trajectories.jsonl").write_text(lines[0] + "\n\n[1, 2]\n")
+    proc = compare(good, bad)
+    assert proc.returncode == 2 and "b.trajectories.jsonl:3: not an `apr-ds eval` trajectory" in proc.stderr
+    (tmp_path / "b.trajectories.jsonl").write_bytes(b"\x1f\x8b\x08\x00 gzip bytes\xff\xfe\n")
+    proc = compare(good, bad)
+    assert proc.returncode == 2 and "not a text file of JSON lines" in proc.stderr and "Traceback" not in proc.stderr
+    proc = compare(good, tmp_path / "missing.json")
+    assert proc.returncode == 2 and "not a readable results file" in proc.stderr
+    (tmp_path / "orphan.json").write_text((tmp_path / "a.json").read_text())
+    proc = compare(good, tmp_path / "orphan.json")
     assert proc.returncode == 2 and "no trajectories at" in proc.stderr
+    proc = compare(good, good, "--windows", 0)
+    assert proc.returncode == 2 and "--windows must be positive" in proc.stderr

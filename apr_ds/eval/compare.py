@@ -4,9 +4,12 @@
 
 Two accuracies on the same 500 problems differ by a few points from noise alone; what says whether one model
 is better is the problems only one of them solves. For each context window (a problem counts only if solved
-with every thread within it, as `cumulative_accuracy`), and for each sampling setting both runs share, this
-prints both accuracies, the counts solved by both / only A / only B, and the exact two-sided sign test
-(McNemar's) on the discordant problems. With best-of-n runs, the first sample of each problem is compared.
+with every thread within it, as in `cumulative_accuracy`) and each sampling setting, this prints both
+accuracies, the counts solved by both / only A / only B, and the exact two-sided sign test (McNemar's) on the
+discordant problems. With best-of-n runs, the first sample of each problem is compared.
+
+Settings (temperature, budget) are paired by equality; two runs of one setting each are paired whatever their
+settings (greedy APR against best-of-n SoS+ at T 0.7, say).
 """
 
 from __future__ import annotations
@@ -16,30 +19,40 @@ from math import comb
 from pathlib import Path
 
 from apr_ds.errors import UserError
+from apr_ds.eval.metrics import by_problem, solved_within
+from apr_ds.eval.report import load_result_file
 from apr_ds.rollout.trajectory import Trajectory
+
+TRAJECTORIES_SUFFIX = ".trajectories.jsonl"
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("a", help="results of `apr-ds eval` (its .json, or the .trajectories.jsonl next to it)")
-    parser.add_argument("b", help="the run to compare with A, on the same problems")
+    parser.add_argument("a", metavar="A", help="results of `apr-ds eval` (its .json, or the .trajectories.jsonl next to it)")
+    parser.add_argument("b", metavar="B", help="the run to compare with A, on the same problems")
     parser.add_argument("--windows", type=int, nargs="*", default=None,
-                        help="context windows to count at (default: no window, only correctness)")
+                        help="context windows to count at (default: none, only correctness)")
 
 
 def main(args) -> int:
-    a, b = load_runs(args.a), load_runs(args.b)
-    shared = [setting for setting in a if setting in b]
-    if not shared:
-        raise UserError(f"{args.a} and {args.b} share no sampling setting (temperature, budget): "
-                        f"{sorted(a, key=str)} against {sorted(b, key=str)}")
-    print(f"A = {args.a}\nB = {args.b}")
-    print(f"{'T':>5} {'budget':>6} {'window':>7} {'n':>5} {'A':>7} {'B':>7} {'both':>5} {'only A':>6} {'only B':>6} {'p':>7}")
-    for setting in shared:
-        firsts_a, firsts_b = _same_problems(a[setting], b[setting], args.a, args.b)
-        for window in args.windows or [None]:
-            row = paired(_solved(firsts_a, window), _solved(firsts_b, window))
-            print(f"{setting[0]:>5} {str(setting[1]):>6} {str(window or '-'):>7} {row['n']:>5} {row['a']:>7.1%} "
-                  f"{row['b']:>7.1%} {row['both']:>5} {row['only_a']:>6} {row['only_b']:>6} {row['p']:>7.3f}")
+    windows = args.windows or [None]
+    if any(w is not None and w < 1 for w in windows):
+        raise UserError(f"--windows must be positive token counts, got {args.windows}")
+    a, b = load_run(args.a), load_run(args.b)
+    if a["split"] != b["split"]:
+        raise UserError(f"A is on the {a['split']!r} split and B on {b['split']!r}: a paired comparison needs the same problems")
+    rows = []  # all checked before anything is printed
+    for setting_a, setting_b in _paired_settings(a, b, args.a, args.b):
+        firsts_a, firsts_b = _same_problems(a["firsts"][setting_a], b["firsts"][setting_b], args.a, args.b)
+        for window in windows:
+            rows.append((setting_a, setting_b, window, paired(_solved(firsts_a, window), _solved(firsts_b, window))))
+    print(f"A = {args.a} ({a['method']})\nB = {args.b} ({b['method']})")
+    print(f"{'A: T':>5} {'budget':>6} {'B: T':>5} {'budget':>6} {'window':>7} {'n':>5} {'A':>7} {'B':>7} "
+          f"{'both':>5} {'only A':>6} {'only B':>6} {'p':>7}")
+    for setting_a, setting_b, window, row in rows:
+        p = "<0.001" if row["p"] < 0.001 else f"{row['p']:.3f}"
+        print(f"{setting_a[0]:>5} {str(setting_a[1]):>6} {setting_b[0]:>5} {str(setting_b[1]):>6} "
+              f"{'-' if window is None else window:>7} {row['n']:>5} {row['a']:>7.1%} {row['b']:>7.1%} "
+              f"{row['both']:>5} {row['only_a']:>6} {row['only_b']:>6} {p:>7}")
     return 0
 
 
@@ -60,48 +73,73 @@ def paired(solved_a: list[bool], solved_b: list[bool]) -> dict:
             "only_b": only_b, "p": sign_test_p(only_a, only_b)}
 
 
-def load_runs(given: str) -> dict[tuple, list[Trajectory]]:
-    """Trajectories of one eval run, by (temperature, budget), in the order the problems were run."""
+def load_run(given: str) -> dict:
+    """One eval run: its results file, and the first program of each problem for every setting it ran."""
     path = Path(given)
-    if path.suffix == ".json":
-        path = path.with_name(path.stem + ".trajectories.jsonl")
+    if path.name.endswith(TRAJECTORIES_SUFFIX):
+        path = path.with_name(path.name[:-len(TRAJECTORIES_SUFFIX)] + ".json")
+    results = load_result_file(path)
+    programs = _read_trajectories(path.with_name(path.stem + TRAJECTORIES_SUFFIX))
+    firsts = {}
+    for summary in results["settings"]:
+        try:
+            setting, problems, samples = (summary["temperature"], summary["budget"]), summary["problems"], summary["n"]
+        except (KeyError, TypeError):
+            raise UserError(f"{path}: a setting without temperature, budget, problems and n: {summary!r:.200}") from None
+        runs = programs.get(setting, [])
+        # eval rewrites the trajectories file from its first program but the results file only at its end, so an
+        # interrupted re-run leaves a results file that does not describe the trajectories next to it
+        if len(runs) != problems * samples:
+            raise UserError(f"{path}: setting T={setting[0]} budget={setting[1]} reports {problems} problems x "
+                            f"{samples} samples, but its trajectories file holds {len(runs)} programs "
+                            "(an interrupted eval? re-run it)")
+        firsts[setting] = [group[0] for group in by_problem(runs, samples)]
+    return {"method": results["method"], "split": results.get("split"), "firsts": firsts}
+
+
+def _read_trajectories(path: Path) -> dict[tuple, list[Trajectory]]:
     if not path.is_file():
-        raise UserError(f"{given}: no trajectories at {path} (`apr-ds eval` writes them next to its results .json)")
-    runs: dict[tuple, list[Trajectory]] = {}
-    with open(path) as f:
-        for number, line in enumerate(f, 1):
-            try:
+        raise UserError(f"no trajectories at {path} (`apr-ds eval` writes them next to its results .json)")
+    programs: dict[tuple, list[Trajectory]] = {}
+    number = 0
+    try:
+        with open(path) as f:
+            for number, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
                 record = json.loads(line)
+                if not isinstance(record, dict):
+                    raise TypeError(f"a JSON {type(record).__name__}, not an object")
                 setting = (record.pop("temperature"), record.pop("budget"))
-                trajectory = Trajectory.from_json(record)
-            except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as e:
-                raise UserError(f"{path}:{number}: not an `apr-ds eval` trajectory ({type(e).__name__}: {e})") from None
-            runs.setdefault(setting, []).append(trajectory)
-    if not runs:
-        raise UserError(f"{path}: empty, no trajectories to compare")
-    return runs
+                programs.setdefault(setting, []).append(Trajectory.from_json(record))
+    except UnicodeDecodeError:
+        raise UserError(f"{path}: not a text file of JSON lines (compressed?)") from None
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+        raise UserError(f"{path}:{number}: not an `apr-ds eval` trajectory ({type(e).__name__}: {e}; "
+                        "written by another apr-ds version? re-run apr-ds eval)") from None
+    return programs
 
 
-def _firsts(trajectories: list[Trajectory]) -> list[Trajectory]:
-    """Best-of-n runs write the n samples of a problem one after another; keep the first of each."""
-    firsts: list[Trajectory] = []
-    for trajectory in trajectories:
-        if not firsts or trajectory.problem != firsts[-1].problem:
-            firsts.append(trajectory)
-    return firsts
+def _paired_settings(a: dict, b: dict, name_a: str, name_b: str) -> list[tuple]:
+    if len(a["firsts"]) == 1 and len(b["firsts"]) == 1:
+        return [(next(iter(a["firsts"])), next(iter(b["firsts"])))]
+    shared = [(setting, setting) for setting in a["firsts"] if setting in b["firsts"]]
+    if not shared:
+        raise UserError(f"{name_a} and {name_b} share no sampling setting (temperature, budget): "
+                        f"{list(a['firsts'])} against {list(b['firsts'])}")
+    return shared
 
 
 def _same_problems(a: list[Trajectory], b: list[Trajectory], name_a: str, name_b: str) -> tuple[list, list]:
-    firsts_a, firsts_b = _firsts(a), _firsts(b)
-    if len(firsts_a) != len(firsts_b):
-        raise UserError(f"{name_a} has {len(firsts_a)} problems and {name_b} {len(firsts_b)}: "
+    if len(a) != len(b):
+        raise UserError(f"{name_a} has {len(a)} problems and {name_b} {len(b)}: "
                         "a paired comparison needs the same problems (same split and eval.num_problems)")
-    for index, (x, y) in enumerate(zip(firsts_a, firsts_b)):
+    for index, (x, y) in enumerate(zip(a, b)):
         if x.problem != y.problem:
             raise UserError(f"problem {index} differs: {x.problem} in {name_a}, {y.problem} in {name_b} "
-                            "(same split, data seed and eval.num_problems needed)")
-    return firsts_a, firsts_b
+                            "(a paired comparison needs the same split, data seed and eval.num_problems)")
+    return a, b
 
 
 def _solved(trajectories: list[Trajectory], window: int | None) -> list[bool]:
-    return [t.correct and (window is None or t.longest_thread() <= window) for t in trajectories]
+    return [solved_within(t, window) for t in trajectories]

@@ -43,10 +43,20 @@ def cons_at_n(samples: list[Trajectory]) -> bool:
     return next(t for answer, t in claims if answer == winner).correct
 
 
+def solved_within(trajectory: Trajectory, window: int | None) -> bool:
+    """Correct, with every thread's context within the window (None: any length)."""
+    return trajectory.correct and (window is None or trajectory.longest_thread() <= window)
+
+
 def cumulative_accuracy(trajectories: list[Trajectory], windows: list[int]) -> dict[int, float]:
     """Accuracy when a program counts only if it is correct and its longest thread fits in W (paper Fig. 4b)."""
     n = max(len(trajectories), 1)
-    return {w: sum(t.correct and t.longest_thread() <= w for t in trajectories) / n for w in windows}
+    return {w: sum(solved_within(t, w) for t in trajectories) / n for w in windows}
+
+
+def by_problem(runs: list, samples: int) -> list[list]:
+    """Eval runs a problem's n samples one after another: split its programs back into one group per problem."""
+    return [runs[i:i + samples] for i in range(0, len(runs), samples)]
 
 
 def _mean(values) -> float:

@@ -38,16 +38,21 @@ def load_results(paths: list[str]) -> list[dict]:
         if not files:
             raise UserError(f"{given}: no eval results (expected {path / 'eval'}/*.json from `apr-ds eval`)")
         for file in files:
-            try:
-                data = json.loads(file.read_text())
-            except (OSError, json.JSONDecodeError) as e:
-                raise UserError(f"{file}: not a readable results file ({e})") from None
-            if not isinstance(data, dict) or "settings" not in data or "method" not in data:
-                raise UserError(f"{file}: not an `apr-ds eval` results file (no method/settings)")
+            data = load_result_file(file)
             where = f"{file.parent.parent.name}/{file.stem}" if len(paths) > 1 else file.stem
             data["label"] = data["method"] if where == data["method"] else f"{data['method']} ({where})"
             results.append(data)
     return results
+
+
+def load_result_file(file: Path) -> dict:
+    try:
+        data = json.loads(file.read_text())
+    except (OSError, ValueError) as e:
+        raise UserError(f"{file}: not a readable results file ({e})") from None
+    if not isinstance(data, dict) or "settings" not in data or "method" not in data:
+        raise UserError(f"{file}: not an `apr-ds eval` results file (no method/settings)")
+    return data
 
 
 def _points(result: dict, x_key: str) -> tuple[list[float], list[float]]:

@@ -113,7 +113,7 @@ async def evaluate(cfg, method: str, model: str, urls: list[str], problems: list
     cache, and the servers split the problems (data-parallel evaluation)."""
     from transformers import AutoTokenizer
 
-    from apr_ds.eval.metrics import cons_at_n, pass_at_n, summarize
+    from apr_ds.eval.metrics import by_problem, cons_at_n, pass_at_n, summarize
     from apr_ds.rollout.client import RolloutClient, ServerError
     from apr_ds.rollout.runtime import ProgramRunner
     from apr_ds.tasks import get_task
@@ -156,14 +156,14 @@ async def evaluate(cfg, method: str, model: str, urls: list[str], problems: list
                     raise UserError(f"a server ({', '.join(urls)}) stopped answering: {e}") from None
                 finally:
                     bar.close()
-                by_problem = [runs[i * samples:(i + 1) * samples] for i in range(len(problems))]
-                firsts = [group[0] for group in by_problem]
+                groups = by_problem(runs, samples)
+                firsts = [group[0] for group in groups]
                 summary = {"temperature": temperature, "budget": budget, "n": samples,
                            "wall_s": time.time() - started, **summarize(firsts, windows)}
                 if method == "bon":
                     ks = [k for k in (1, 2, 4, 8, 16, 32, 64) if k <= samples] + ([samples] if samples not in (1, 2, 4, 8, 16, 32, 64) else [])
-                    summary["pass_at"] = {str(k): sum(pass_at_n(g[:k]) for g in by_problem) / len(problems) for k in ks}
-                    summary["cons_at"] = {str(k): sum(cons_at_n(g[:k]) for g in by_problem) / len(problems) for k in ks}
+                    summary["pass_at"] = {str(k): sum(pass_at_n(g[:k]) for g in groups) / len(problems) for k in ks}
+                    summary["cons_at"] = {str(k): sum(cons_at_n(g[:k]) for g in groups) / len(problems) for k in ks}
                     summary["mean_total_tokens_at"] = {str(k): summary["mean_total_tokens"] * k for k in ks}
                 results["settings"].append(summary)
                 for trajectory in runs:
