@@ -21,9 +21,8 @@ from pathlib import Path
 from apr_ds.errors import UserError
 from apr_ds.eval.metrics import by_problem, solved_within
 from apr_ds.eval.report import load_result_file
+from apr_ds.eval.run import TRAJECTORIES_SUFFIX
 from apr_ds.rollout.trajectory import Trajectory
-
-TRAJECTORIES_SUFFIX = ".trajectories.jsonl"
 
 
 def add_arguments(parser) -> None:
@@ -42,7 +41,8 @@ def main(args) -> int:
         raise UserError(f"A is on the {a['split']!r} split and B on {b['split']!r}: a paired comparison needs the same problems")
     rows = []  # all checked before anything is printed
     for setting_a, setting_b in _paired_settings(a, b, args.a, args.b):
-        firsts_a, firsts_b = _same_problems(a["firsts"][setting_a], b["firsts"][setting_b], args.a, args.b)
+        firsts_a, firsts_b = a["firsts"][setting_a], b["firsts"][setting_b]
+        _check_same_problems(firsts_a, firsts_b, args.a, args.b)
         for window in windows:
             rows.append((setting_a, setting_b, window, paired(_solved(firsts_a, window), _solved(firsts_b, window))))
     print(f"A = {args.a} ({a['method']})\nB = {args.b} ({b['method']})")
@@ -130,7 +130,7 @@ def _paired_settings(a: dict, b: dict, name_a: str, name_b: str) -> list[tuple]:
     return shared
 
 
-def _same_problems(a: list[Trajectory], b: list[Trajectory], name_a: str, name_b: str) -> tuple[list, list]:
+def _check_same_problems(a: list[Trajectory], b: list[Trajectory], name_a: str, name_b: str) -> None:
     if len(a) != len(b):
         raise UserError(f"{name_a} has {len(a)} problems and {name_b} {len(b)}: "
                         "a paired comparison needs the same problems (same split and eval.num_problems)")
@@ -138,7 +138,6 @@ def _same_problems(a: list[Trajectory], b: list[Trajectory], name_a: str, name_b
         if x.problem != y.problem:
             raise UserError(f"problem {index} differs: {x.problem} in {name_a}, {y.problem} in {name_b} "
                             "(a paired comparison needs the same split, data seed and eval.num_problems)")
-    return a, b
 
 
 def _solved(trajectories: list[Trajectory], window: int | None) -> list[bool]:

@@ -23,6 +23,9 @@ from pathlib import Path
 
 from apr_ds.errors import UserError
 
+TRAJECTORIES_SUFFIX = ".trajectories.jsonl"
+"""Every program of `{method}{tag}.json`'s run, one per line, is in `{method}{tag}` + this suffix."""
+
 
 def add_arguments(parser) -> None:
     from apr_ds.cli import add_config_arguments
@@ -124,7 +127,7 @@ async def evaluate(cfg, method: str, model: str, urls: list[str], problems: list
     samples = cfg.eval.n if method == "bon" else 1
     settings = [(t, b) for t in cfg.eval.temperatures for b in (cfg.eval.budgets or [None])]
     results = {"method": method, "model": str(model), "urls": list(urls), "split": cfg.eval.split, "settings": []}
-    trajectories_path = out_dir / f"{method}{tag}.trajectories.jsonl"
+    trajectories_path = out_dir / f"{method}{tag}{TRAJECTORIES_SUFFIX}"
     from tqdm import tqdm
     async with contextlib.AsyncExitStack() as stack:
         clients = [await stack.enter_async_context(RolloutClient(url, api_key=api_key, timeout_s=cfg.rollout.timeout_s + 30))
