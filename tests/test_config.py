@@ -13,6 +13,16 @@ def test_presets_load_and_differ():
     assert (paper.task.min_number, paper.task.max_number, paper.task.min_target, paper.task.max_target) == (1, 99, 10, 100)
 
 
+@pytest.mark.parametrize("preset", ["tiny", "cpu", "paper"])
+def test_every_preset_rolls_out_within_the_context_of_the_model_it_trains(preset):
+    """A preset whose rollout limit exceeds its own model's context cannot run rl or eval: the server refuses it."""
+    from apr_ds.model import PRESETS
+    cfg = load_config(preset)
+    context = cfg.model.context or PRESETS[cfg.model.preset]["max_position_embeddings"]
+    assert cfg.rollout.max_context <= context
+    assert cfg.data.max_seq_len <= context
+
+
 def test_overrides_are_typed():
     cfg = load_config("tiny", ["task.num_train=12", "solver.spawn_probability=1", "data.keep_failed=false", "run_dir=/x"])
     assert cfg.task.num_train == 12
