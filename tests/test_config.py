@@ -98,6 +98,24 @@ def test_rl_rejects_an_overlong_buffer_as_wide_as_the_window(apr_ds_cli, tmp_pat
     assert "Traceback" not in proc.stderr and not (tmp_path / "run").exists()
 
 
+@pytest.mark.parametrize("config_json, message", [
+    ('{"max_position_embeddings": 512}',
+     "rollout.max_context=1024 exceeds the SFT model's max_position_embeddings=512"),
+    ('{"hidden_size": 8}', "config.json is not a readable Llama config (KeyError"),
+    ("{not json", "config.json is not a readable Llama config (JSONDecodeError"),
+])
+def test_rl_checks_the_rollout_limit_against_its_models_context_before_starting_ranks(apr_ds_cli, tmp_path,
+                                                                                       config_json, message):
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text(config_json)
+    proc = subprocess.run(apr_ds_cli + ["rl", "--preset", "tiny", f"run_dir={tmp_path / 'run'}", f"rl.init_model={model}",
+                                        "rollout.max_context=1024"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert f"apr-ds rl: error: " in proc.stderr and message in proc.stderr
+    assert "Traceback" not in proc.stderr and not (tmp_path / "run").exists()
+
+
 def test_the_paper_preset_matches_apr_ref():
     """apr-reference §1-5: 4 numbers in 1..99, targets 10..100; a 228M Llama at 4,096 tokens; SFT batch 256,
     lr 5e-5, 19k steps; GRPO 64 prompts x 5 rollouts, lr 1e-5, 150 steps. Not run here (no GPU): validated."""

@@ -16,6 +16,7 @@ A rank that fails ends the whole job with its message (MPI abort); every server 
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -57,6 +58,7 @@ def validate(cfg) -> None:
     model = Path(init_model_dir(cfg))
     if not (model / "config.json").is_file():
         raise UserError(f"no SFT model at {model} (rl.init_model); train one with `apr-ds sft sft.method={rl.method}`")
+    _check_context(cfg.rollout.max_context, model / "config.json")
     problems = Path(cfg.run_dir) / "data" / "problems" / "train.jsonl"
     if not problems.is_file():
         raise UserError(f"no training problems at {problems}; run `apr-ds data` for this run_dir")
@@ -66,6 +68,17 @@ def validate(cfg) -> None:
         raise UserError(f"rl.prompts_per_step={rl.prompts_per_step} gives some of the {rl.rollout_ranks} rollout ranks no work")
     if rl.max_staleness < 0 or rl.ppo_epochs < 1 or rl.micro_batch < 1:
         raise UserError("rl.max_staleness must be >= 0, rl.ppo_epochs and rl.micro_batch >= 1")
+
+
+def _check_context(max_context: int, model_config: Path) -> None:
+    """Found here, before any rank starts, rather than as a rollout server that refuses to start."""
+    try:
+        positions = json.loads(model_config.read_text())["max_position_embeddings"]
+    except (OSError, ValueError, KeyError) as e:
+        raise UserError(f"{model_config} is not a readable Llama config ({type(e).__name__}: {e})") from None
+    if max_context > positions:
+        raise UserError(f"rollout.max_context={max_context} exceeds the SFT model's max_position_embeddings={positions} "
+                        f"({model_config}); lower rollout.max_context")
 
 
 def _stop(signum, frame) -> None:
