@@ -41,3 +41,17 @@ def test_report_renders_plots_and_table(tmp_path):
 def test_report_rejects_a_folder_without_results(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "apr_ds.cli", "report", str(tmp_path)], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2 and "no eval results" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_the_context_axis_labels_every_window_measured_powers_of_two_or_not():
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from apr_ds.eval.report import label_windows
+
+    fig, ax = plt.subplots()
+    ax.plot([512, 768], [1, 2])
+    label_windows(ax, [768, 512, 768])
+    fig.canvas.draw()
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["512", "768"]
+    plt.close(fig)

@@ -80,7 +80,7 @@ def render(results: list[dict], out: Path) -> list[Path]:
                 curve = result["settings"][0]["cumulative_accuracy"]
                 xs = sorted(int(w) for w in curve)
                 ax.plot(xs, [100 * curve[str(w)] for w in xs], marker="o", label=result["label"])
-                ax.set_xscale("log", base=2)
+                label_windows(ax, [int(w) for r in results for w in r["settings"][0]["cumulative_accuracy"]])
             else:
                 xs, ys = _points(result, x_key)
                 ax.plot(xs, [100 * y for y in ys], marker="o", label=result["label"] + (" cons@n" if result["method"] == "bon" and x_key == "mean_total_tokens" else ""))
@@ -98,6 +98,14 @@ def render(results: list[dict], out: Path) -> list[Path]:
     path.write_text(markdown_table(results))
     written.append(path)
     return written
+
+
+def label_windows(ax, windows: list[int]) -> None:
+    """A log2 axis ticked at the windows measured, so a window that is not a power of two (768) is labelled too."""
+    ticks = sorted(set(windows))
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(ticks, labels=[str(w) for w in ticks])
+    ax.minorticks_off()
 
 
 def markdown_table(results: list[dict]) -> str:
