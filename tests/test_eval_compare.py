@@ -75,6 +75,30 @@ def test_best_of_n_is_paired_on_its_first_sample_whatever_the_settings(tmp_path,
     assert row[4:] == ["-", "4", "100.0%", "0.0%", "0", "4", "0", "0.125"]
 
 
+def test_pools_pairs_on_problems_of_their_own(tmp_path, compare):
+    # the same two models on two splits: the pooled row sums the pairs' counts and tests the summed discordants
+    a1 = _write_run(tmp_path / "a1.json", _greedy((True, 300), (True, 300), (False, 300)))
+    b1 = _write_run(tmp_path / "b1.json", _greedy((False, 300), (True, 300), (False, 300)))
+    a2 = _write_run(tmp_path / "a2.json", _greedy((True, 300), (False, 300), (False, 300), (True, 300)), first_target=100)
+    b2 = _write_run(tmp_path / "b2.json", _greedy((False, 300), (False, 300), (True, 300), (False, 300)), first_target=100)
+    proc = compare(a1, b1, a2, b2, "--windows", 512)
+    assert proc.returncode == 0, proc.stderr
+    rows = _rows(proc.stdout)
+    assert [row[4:] for row in rows] == [["512", "3", "66.7%", "33.3%", "1", "1", "0", "1.000"],
+                                         ["512", "4", "50.0%", "25.0%", "0", "2", "1", "1.000"],
+                                         ["512", "7", "57.1%", "28.6%", "1", "3", "1", f"{sign_test_p(3, 1):.3f}"]]
+    assert "pooled over the 2 pairs above (7 problems)" in proc.stdout
+
+
+def test_refuses_to_pool_the_same_problems_twice_or_an_unpaired_run(tmp_path, compare):
+    a = _write_run(tmp_path / "a.json", _greedy((True, 300), (False, 300)))
+    b = _write_run(tmp_path / "b.json", _greedy((False, 300), (False, 300)))
+    proc = compare(a, b, b, a)
+    assert proc.returncode == 2 and "pooled pairs need problems of their own" in proc.stderr and proc.stdout == ""
+    proc = compare(a, b, a)
+    assert proc.returncode == 2 and "give the runs in pairs (A B, or A B A2 B2 ...); got 3" in proc.stderr
+
+
 def test_refuses_runs_on_different_problems(tmp_path, compare):
     three = _write_run(tmp_path / "a.json", _greedy(*[(True, 300)] * 3))
     proc = compare(three, _write_run(tmp_path / "b.json", _greedy(*[(True, 300)] * 4)))
@@ -82,7 +106,7 @@ def test_refuses_runs_on_different_problems(tmp_path, compare):
     proc = compare(three, _write_run(tmp_path / "c.json", _greedy(*[(True, 300)] * 3), first_target=11))
     assert proc.returncode == 2 and "problem 0 differs" in proc.stderr and proc.stdout == ""
     proc = compare(three, _write_run(tmp_path / "d.json", _greedy(*[(True, 300)] * 3), split="val"))
-    assert proc.returncode == 2 and "'test' split and B on 'val'" in proc.stderr
+    assert proc.returncode == 2 and "a.json is on the 'test' split and" in proc.stderr and "d.json on 'val'" in proc.stderr
 
 
 def test_refuses_trajectories_that_the_results_file_does_not_describe(tmp_path, compare):

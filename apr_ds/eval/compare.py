@@ -10,6 +10,12 @@ discordant problems. With best-of-n runs, the first sample of each problem is co
 
 Settings (temperature, budget) are paired by equality; two runs of one setting each are paired whatever their
 settings (greedy APR against best-of-n SoS+ at T 0.7, say).
+
+More pairs on other problems (the same two models on the val and the test split, say) are pooled too:
+
+    apr-ds compare sft_test.json rl_test.json sft_val.json rl_val.json --windows 768
+
+prints each pair, then the counts summed over the pairs and the sign test on the sums.
 """
 
 from __future__ import annotations
@@ -26,8 +32,10 @@ from apr_ds.rollout.trajectory import Trajectory
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("a", metavar="A", help="results of `apr-ds eval` (its .json, or the .trajectories.jsonl next to it)")
-    parser.add_argument("b", metavar="B", help="the run to compare with A, on the same problems")
+    parser.add_argument("runs", metavar="A B", nargs="+",
+                        help="results of `apr-ds eval` (its .json, or the .trajectories.jsonl next to it), in pairs: "
+                             "A and the run to compare with it on the same problems; more pairs (on other problems) "
+                             "are also pooled")
     parser.add_argument("--windows", type=int, nargs="*", default=None,
                         help="context windows to count at (default: none, only correctness)")
 
@@ -36,16 +44,60 @@ def main(args) -> int:
     windows = args.windows or [None]
     if any(w is not None and w < 1 for w in windows):
         raise UserError(f"--windows must be positive token counts, got {args.windows}")
-    a, b = load_run(args.a), load_run(args.b)
+    if len(args.runs) % 2:
+        raise UserError(f"give the runs in pairs (A B, or A B A2 B2 ...); got {len(args.runs)}: {' '.join(args.runs)}")
+    pairs = [(args.runs[i], args.runs[i + 1]) for i in range(0, len(args.runs), 2)]
+    tables = [_pair_rows(name_a, name_b, windows) for name_a, name_b in pairs]  # all checked before anything is printed
+    pooled = _pooled(tables, pairs) if len(pairs) > 1 else None
+    for (name_a, name_b), (method_a, method_b, _, rows) in zip(pairs, tables):
+        print(f"A = {name_a} ({method_a})\nB = {name_b} ({method_b})")
+        _print_rows(rows)
+    if pooled:
+        print(f"pooled over the {len(pairs)} pairs above ({pooled[0][3]['n']} problems)")
+        _print_rows(pooled)
+    return 0
+
+
+def _pair_rows(name_a: str, name_b: str, windows: list) -> tuple:
+    a, b = load_run(name_a), load_run(name_b)
     if a["split"] != b["split"]:
-        raise UserError(f"A is on the {a['split']!r} split and B on {b['split']!r}: a paired comparison needs the same problems")
-    rows = []  # all checked before anything is printed
-    for setting_a, setting_b in _paired_settings(a, b, args.a, args.b):
+        raise UserError(f"{name_a} is on the {a['split']!r} split and {name_b} on {b['split']!r}: "
+                        "a paired comparison needs the same problems")
+    rows, problems = [], []
+    for setting_a, setting_b in _paired_settings(a, b, name_a, name_b):
         firsts_a, firsts_b = a["firsts"][setting_a], b["firsts"][setting_b]
-        _check_same_problems(firsts_a, firsts_b, args.a, args.b)
+        _check_same_problems(firsts_a, firsts_b, name_a, name_b)
+        problems = [t.problem for t in firsts_a]
         for window in windows:
             rows.append((setting_a, setting_b, window, paired(_solved(firsts_a, window), _solved(firsts_b, window))))
-    print(f"A = {args.a} ({a['method']})\nB = {args.b} ({b['method']})")
+    return a["method"], b["method"], problems, rows
+
+
+def _pooled(tables: list, pairs: list) -> list:
+    """Counts summed over pairs on disjoint problems, for the (settings, window) rows every pair has."""
+    seen: dict[str, int] = {}
+    for index, (_, _, problems, _) in enumerate(tables):
+        for problem in problems:
+            key = json.dumps(problem, sort_keys=True)
+            if seen.setdefault(key, index) != index:
+                raise UserError(f"problem {problem} is in the pair {' '.join(pairs[seen[key]])} and in "
+                                f"{' '.join(pairs[index])}: pooled pairs need problems of their own")
+    keys = [row[:3] for row in tables[0][3] if all(row[:3] in [r[:3] for r in t[3]] for t in tables[1:])]
+    if not keys:
+        raise UserError("the pairs share no sampling setting to pool")
+    pooled = []
+    for key in keys:
+        parts = [row[3] for t in tables for row in t[3] if row[:3] == key]
+        n = sum(part["n"] for part in parts)
+        only_a, only_b = sum(part["only_a"] for part in parts), sum(part["only_b"] for part in parts)
+        pooled.append((*key, {"n": n, "a": sum(part["a"] * part["n"] for part in parts) / n,
+                              "b": sum(part["b"] * part["n"] for part in parts) / n,
+                              "both": sum(part["both"] for part in parts), "only_a": only_a, "only_b": only_b,
+                              "p": sign_test_p(only_a, only_b)}))
+    return pooled
+
+
+def _print_rows(rows: list) -> None:
     print(f"{'A: T':>5} {'budget':>6} {'B: T':>5} {'budget':>6} {'window':>7} {'n':>5} {'A':>7} {'B':>7} "
           f"{'both':>5} {'only A':>6} {'only B':>6} {'p':>7}")
     for setting_a, setting_b, window, row in rows:
@@ -53,7 +105,6 @@ def main(args) -> int:
         print(f"{setting_a[0]:>5} {str(setting_a[1]):>6} {setting_b[0]:>5} {str(setting_b[1]):>6} "
               f"{'-' if window is None else window:>7} {row['n']:>5} {row['a']:>7.1%} {row['b']:>7.1%} "
               f"{row['both']:>5} {row['only_a']:>6} {row['only_b']:>6} {p:>7}")
-    return 0
 
 
 def sign_test_p(only_a: int, only_b: int) -> float:
