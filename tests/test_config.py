@@ -103,6 +103,9 @@ def test_rl_rejects_an_overlong_buffer_as_wide_as_the_window(apr_ds_cli, tmp_pat
      "rollout.max_context=1024 exceeds the SFT model's max_position_embeddings=512"),
     ('{"hidden_size": 8}', "config.json is not a readable Llama config (KeyError"),
     ("{not json", "config.json is not a readable Llama config (JSONDecodeError"),
+    ('{"max_position_embeddings": null}', "config.json is not a readable Llama config (max_position_embeddings"),
+    ("[1024]", "config.json is not a readable Llama config"),
+    ('{"max_position_embeddings": 1024}', "no training problems"),  # a limit equal to the model's context passes
 ])
 def test_rl_checks_the_rollout_limit_against_its_models_context_before_starting_ranks(apr_ds_cli, tmp_path,
                                                                                        config_json, message):

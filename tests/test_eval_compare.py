@@ -81,13 +81,23 @@ def test_pools_pairs_on_problems_of_their_own(tmp_path, compare):
     b1 = _write_run(tmp_path / "b1.json", _greedy((False, 300), (True, 300), (False, 300)))
     a2 = _write_run(tmp_path / "a2.json", _greedy((True, 300), (False, 300), (False, 300), (True, 300)), first_target=100)
     b2 = _write_run(tmp_path / "b2.json", _greedy((False, 300), (False, 300), (True, 300), (False, 300)), first_target=100)
-    proc = compare(a1, b1, a2, b2, "--windows", 512)
+    proc = compare(a1, b1, a2, b2, "--windows", 256, 512, 256)  # a window given twice counts once
     assert proc.returncode == 0, proc.stderr
-    rows = _rows(proc.stdout)
-    assert [row[4:] for row in rows] == [["512", "3", "66.7%", "33.3%", "1", "1", "0", "1.000"],
-                                         ["512", "4", "50.0%", "25.0%", "0", "2", "1", "1.000"],
-                                         ["512", "7", "57.1%", "28.6%", "1", "3", "1", f"{sign_test_p(3, 1):.3f}"]]
-    assert "pooled over the 2 pairs above (7 problems)" in proc.stdout
+    rows = [row[4:] for row in _rows(proc.stdout)]
+    nothing_fits = ["0.0%", "0.0%", "0", "0", "0", "1.000"]
+    assert rows == [["256", "3", *nothing_fits], ["512", "3", "66.7%", "33.3%", "1", "1", "0", "1.000"],
+                    ["256", "4", *nothing_fits], ["512", "4", "50.0%", "25.0%", "0", "2", "1", "1.000"],
+                    ["256", "7", *nothing_fits], ["512", "7", "57.1%", "28.6%", "1", "3", "1", f"{sign_test_p(3, 1):.3f}"]]
+    assert "pooled over the 2 pairs above (7 problems" in proc.stdout
+
+
+def test_refuses_to_pool_pairs_run_at_different_settings(tmp_path, compare):
+    greedy = [_write_run(tmp_path / f"{x}.json", _greedy((True, 300), (False, 300))) for x in "ab"]
+    sampled = [_write_run(tmp_path / f"{x}.json", _greedy((True, 300), (False, 300)), temperature=0.7, first_target=100)
+               for x in "cd"]
+    proc = compare(*greedy, *sampled)
+    assert proc.returncode == 2 and "share no (temperature, budget) settings to pool" in proc.stderr
+    assert "(0.0, None)" in proc.stderr and "(0.7, None)" in proc.stderr and proc.stdout == ""
 
 
 def test_refuses_to_pool_the_same_problems_twice_or_an_unpaired_run(tmp_path, compare):

@@ -74,8 +74,10 @@ def _check_context(max_context: int, model_config: Path) -> None:
     """Found here, before any rank starts, rather than as a rollout server that refuses to start."""
     try:
         positions = json.loads(model_config.read_text())["max_position_embeddings"]
-    except (OSError, ValueError, KeyError) as e:
+    except (OSError, ValueError, KeyError, TypeError) as e:
         raise UserError(f"{model_config} is not a readable Llama config ({type(e).__name__}: {e})") from None
+    if not isinstance(positions, int):
+        raise UserError(f"{model_config} is not a readable Llama config (max_position_embeddings is {positions!r})")
     if max_context > positions:
         raise UserError(f"rollout.max_context={max_context} exceeds the SFT model's max_position_embeddings={positions} "
                         f"({model_config}); lower rollout.max_context")

@@ -21,8 +21,10 @@ prints each pair, then the counts summed over the pairs and the sign test on the
 from __future__ import annotations
 
 import json
+from itertools import combinations
 from math import comb
 from pathlib import Path
+from typing import NamedTuple
 
 from apr_ds.errors import UserError
 from apr_ds.eval.metrics import by_problem, solved_within
@@ -41,66 +43,73 @@ def add_arguments(parser) -> None:
 
 
 def main(args) -> int:
-    windows = args.windows or [None]
+    windows = list(dict.fromkeys(args.windows)) if args.windows else [None]  # a window given twice is counted once
     if any(w is not None and w < 1 for w in windows):
         raise UserError(f"--windows must be positive token counts, got {args.windows}")
     if len(args.runs) % 2:
         raise UserError(f"give the runs in pairs (A B, or A B A2 B2 ...); got {len(args.runs)}: {' '.join(args.runs)}")
     pairs = [(args.runs[i], args.runs[i + 1]) for i in range(0, len(args.runs), 2)]
-    tables = [_pair_rows(name_a, name_b, windows) for name_a, name_b in pairs]  # all checked before anything is printed
+    tables = [_pair_table(name_a, name_b, windows) for name_a, name_b in pairs]  # all checked before anything is printed
     pooled = _pooled(tables, pairs) if len(pairs) > 1 else None
-    for (name_a, name_b), (method_a, method_b, _, rows) in zip(pairs, tables):
-        print(f"A = {name_a} ({method_a})\nB = {name_b} ({method_b})")
-        _print_rows(rows)
+    for (name_a, name_b), table in zip(pairs, tables):
+        print(f"A = {name_a} ({table.method_a})\nB = {name_b} ({table.method_b})")
+        _print_rows(table.rows)
     if pooled:
-        print(f"pooled over the {len(pairs)} pairs above ({pooled[0][3]['n']} problems)")
+        print(f"pooled over the {len(pairs)} pairs above ({sum(len(t.problems) for t in tables)} problems; "
+              "A is the first run of each pair)")
         _print_rows(pooled)
     return 0
 
 
-def _pair_rows(name_a: str, name_b: str, windows: list) -> tuple:
+class PairTable(NamedTuple):
+    method_a: str
+    method_b: str
+    problems: set[str]
+    """Every problem the pair was compared on, as canonical JSON."""
+    rows: dict[tuple, dict]
+    """(setting of A, setting of B, window) -> the counts of `paired`."""
+
+
+def _pair_table(name_a: str, name_b: str, windows: list) -> PairTable:
     a, b = load_run(name_a), load_run(name_b)
     if a["split"] != b["split"]:
         raise UserError(f"{name_a} is on the {a['split']!r} split and {name_b} on {b['split']!r}: "
                         "a paired comparison needs the same problems")
-    rows, problems = [], []
+    rows, problems = {}, set()
     for setting_a, setting_b in _paired_settings(a, b, name_a, name_b):
         firsts_a, firsts_b = a["firsts"][setting_a], b["firsts"][setting_b]
         _check_same_problems(firsts_a, firsts_b, name_a, name_b)
-        problems = [t.problem for t in firsts_a]
+        problems.update(json.dumps(t.problem, sort_keys=True) for t in firsts_a)
         for window in windows:
-            rows.append((setting_a, setting_b, window, paired(_solved(firsts_a, window), _solved(firsts_b, window))))
-    return a["method"], b["method"], problems, rows
+            rows[setting_a, setting_b, window] = paired(_solved(firsts_a, window), _solved(firsts_b, window))
+    return PairTable(a["method"], b["method"], problems, rows)
 
 
-def _pooled(tables: list, pairs: list) -> list:
+def _pooled(tables: list[PairTable], pairs: list[tuple]) -> dict[tuple, dict]:
     """Counts summed over pairs on disjoint problems, for the (settings, window) rows every pair has."""
-    seen: dict[str, int] = {}
-    for index, (_, _, problems, _) in enumerate(tables):
-        for problem in problems:
-            key = json.dumps(problem, sort_keys=True)
-            if seen.setdefault(key, index) != index:
-                raise UserError(f"problem {problem} is in the pair {' '.join(pairs[seen[key]])} and in "
-                                f"{' '.join(pairs[index])}: pooled pairs need problems of their own")
-    keys = [row[:3] for row in tables[0][3] if all(row[:3] in [r[:3] for r in t[3]] for t in tables[1:])]
+    for i, j in combinations(range(len(tables)), 2):
+        shared = tables[i].problems & tables[j].problems
+        if shared:
+            raise UserError(f"{len(shared)} problems (the first: {min(shared)}) are in both the pair {' '.join(pairs[i])} "
+                            f"and the pair {' '.join(pairs[j])}: pooled pairs need problems of their own")
+    keys = [key for key in tables[0].rows if all(key in t.rows for t in tables[1:])]
     if not keys:
-        raise UserError("the pairs share no sampling setting to pool")
-    pooled = []
+        settings = "; ".join(f"{' '.join(pair)}: {sorted({key[:2] for key in t.rows})}" for pair, t in zip(pairs, tables))
+        raise UserError(f"the pairs share no (temperature, budget) settings to pool: {settings}")
+    pooled = {}
     for key in keys:
-        parts = [row[3] for t in tables for row in t[3] if row[:3] == key]
-        n = sum(part["n"] for part in parts)
-        only_a, only_b = sum(part["only_a"] for part in parts), sum(part["only_b"] for part in parts)
-        pooled.append((*key, {"n": n, "a": sum(part["a"] * part["n"] for part in parts) / n,
-                              "b": sum(part["b"] * part["n"] for part in parts) / n,
-                              "both": sum(part["both"] for part in parts), "only_a": only_a, "only_b": only_b,
-                              "p": sign_test_p(only_a, only_b)}))
+        parts = [t.rows[key] for t in tables]
+        total = {name: sum(part[name] for part in parts) for name in ("n", "both", "only_a", "only_b")}
+        pooled[key] = {**total, "a": sum(part["a"] * part["n"] for part in parts) / total["n"],
+                       "b": sum(part["b"] * part["n"] for part in parts) / total["n"],
+                       "p": sign_test_p(total["only_a"], total["only_b"])}
     return pooled
 
 
-def _print_rows(rows: list) -> None:
+def _print_rows(rows: dict[tuple, dict]) -> None:
     print(f"{'A: T':>5} {'budget':>6} {'B: T':>5} {'budget':>6} {'window':>7} {'n':>5} {'A':>7} {'B':>7} "
           f"{'both':>5} {'only A':>6} {'only B':>6} {'p':>7}")
-    for setting_a, setting_b, window, row in rows:
+    for (setting_a, setting_b, window), row in rows.items():
         p = "<0.001" if row["p"] < 0.001 else f"{row['p']:.3f}"
         print(f"{setting_a[0]:>5} {str(setting_a[1]):>6} {setting_b[0]:>5} {str(setting_b[1]):>6} "
               f"{'-' if window is None else window:>7} {row['n']:>5} {row['a']:>7.1%} {row['b']:>7.1%} "

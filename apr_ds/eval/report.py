@@ -80,10 +80,11 @@ def render(results: list[dict], out: Path) -> list[Path]:
                 curve = result["settings"][0]["cumulative_accuracy"]
                 xs = sorted(int(w) for w in curve)
                 ax.plot(xs, [100 * curve[str(w)] for w in xs], marker="o", label=result["label"])
-                label_windows(ax, [int(w) for r in results for w in r["settings"][0]["cumulative_accuracy"]])
             else:
                 xs, ys = _points(result, x_key)
                 ax.plot(xs, [100 * y for y in ys], marker="o", label=result["label"] + (" cons@n" if result["method"] == "bon" and x_key == "mean_total_tokens" else ""))
+        if x_key is None:
+            label_windows(ax, [int(w) for result in results for w in result["settings"][0]["cumulative_accuracy"]])
         ax.set_xlabel(xlabel)
         ax.set_ylabel("accuracy (%)")
         ax.set_ylim(bottom=0)
