@@ -16,9 +16,10 @@ def test_presets_load_and_differ():
 @pytest.mark.parametrize("preset", ["tiny", "cpu", "paper"])
 def test_every_preset_rolls_out_within_the_context_of_the_model_it_trains(preset):
     """A preset whose rollout limit exceeds its own model's context cannot run rl or eval: the server refuses it."""
+    from apr_ds.data.tokenizer import vocabulary
     from apr_ds.model import llama_config
     cfg = load_config(preset)
-    context = llama_config(cfg.model.preset, vocab_size=1117, context=cfg.model.context).max_position_embeddings
+    context = llama_config(cfg.model.preset, len(vocabulary()), context=cfg.model.context).max_position_embeddings
     assert cfg.rollout.max_context <= context
     assert cfg.data.max_seq_len <= context
 
