@@ -28,8 +28,11 @@ def test_reward_advantage_trains_only_on_solved_programs_and_keeps_an_all_solved
     assert advantages_for([1, 0, 0, 1], "reward") == [1.0, 0.0, 0.0, 1.0]
     assert advantages_for([1, 0], "group_norm") == group_advantages([1, 0])
     # GRPO drops a uniform group (without a KL term); A = R keeps an all-solved one, whose programs still teach.
-    shares, _ = build_shares([_group([1, 1]), _group([0, 1])], 1, 0.0, "reward")
-    assert shares[0]["advantages"].tolist() == [1.0, 1.0, 0.0, 1.0]
+    shares, counts = build_shares([_group([1, 1]), _group([0, 1])], 1, 0.0, "reward")
+    assert shares[0]["advantages"].tolist() == [1.0, 1.0, 1.0]  # the failed program adds nothing: left out ...
+    assert shares[0]["num_sequences"] == 4 and counts == {"sequences": 4, "trained_sequences": 3}  # ... yet counted
+    shares, counts = build_shares([_group([1, 1]), _group([0, 1])], 1, 0.001, "reward")  # a KL term: every one trains
+    assert shares[0]["advantages"].tolist() == [1.0, 1.0, 0.0, 1.0] and counts["trained_sequences"] == 4
     shares, _ = build_shares([_group([1, 1]), _group([0, 1])], 1, 0.0, "group_norm")
     assert shares[0]["advantages"].tolist() == pytest.approx([-1.0, 1.0])
     with pytest.raises(ValueError, match="unknown advantage 'baseline'"):

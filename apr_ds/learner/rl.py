@@ -158,9 +158,15 @@ class Batcher:
 
 
 def build_shares(groups, num_learners: int, beta: float, advantage: str) -> tuple[list[dict], dict]:
-    """Sequences with their advantages, split over learners by tokens. Also returns rollout statistics."""
+    """Sequences with their advantages, split over learners by tokens. Also returns how many sequences the loss
+    is normalised by (`sequences`) and how many of them the learners run (`trained_sequences`).
+
+    Without a KL term a sequence whose advantage is 0 adds exactly 0 to the loss and to its gradient, in every
+    PPO epoch, so it is left out of the learners' four passes but still counted in the normaliser: the update is
+    the one the whole batch gives. Under A = R that is every failed program, about 85% of the sequences on the cpu
+    task, which took 12-13 of a step's 13 minutes in docs/results.md configuration 18."""
     from apr_ds.learner.loss import advantages_for
-    records = []
+    records, counted = [], 0
     for header, tokens, logprobs, table in groups:
         advantages = advantages_for(header.rewards, advantage)
         per_program = np.bincount(table[:, 2], minlength=len(header.rewards))
@@ -169,14 +175,16 @@ def build_shares(groups, num_learners: int, beta: float, advantage: str) -> tupl
         start = out = 0
         for prompt_len, total_len, program in table:
             out_len = total_len - prompt_len
-            records.append((tokens[start:start + total_len], int(prompt_len), logprobs[out:out + out_len],
-                            advantages[program], int(per_program[program])))
+            counted += 1
+            if beta != 0 or advantages[program] != 0:
+                records.append((tokens[start:start + total_len], int(prompt_len), logprobs[out:out + out_len],
+                                advantages[program], int(per_program[program])))
             start += total_len
             out += out_len
     shares = [_pack([records[i] for i in idx]) for idx in balance([len(r[0]) for r in records], num_learners)]
     for share in shares:
-        share["num_sequences"] = len(records)
-    return shares, {"sequences": len(records)}
+        share["num_sequences"] = counted
+    return shares, {"sequences": counted, "trained_sequences": len(records)}
 
 
 def _pack(records) -> dict:
@@ -433,12 +441,13 @@ def _run(cfg, roles, model_dir, out, resume, ds_config, settings) -> dict:
     bar = tqdm(total=rl.steps, initial=state["step"], disable=rank != 0, desc=f"rl {rl.method}", unit="step", dynamic_ncols=True)
     for step in range(state["step"], rl.steps):
         step_started = time.perf_counter()
-        shares, groups, staleness, waited = None, None, None, 0.0
+        shares, groups, staleness, waited, counts = None, None, None, 0.0, {}
         while True:
             if rank == 0:
                 groups, waited_now, staleness = batcher.take(rl.prompts_per_step, version, rl.max_staleness)
                 waited += waited_now
-                shares = build_shares(groups, world_size, rl.beta, rl.advantage)[0] if groups is not None else [None] * world_size
+                shares, counts = (build_shares(groups, world_size, rl.beta, rl.advantage) if groups is not None
+                                  else ([None] * world_size, {}))
             share = scatter_shares(roles.role_comm, shares)
             if share is not None:
                 break
@@ -448,6 +457,7 @@ def _run(cfg, roles, model_dir, out, resume, ds_config, settings) -> dict:
         metrics.update(sync_weights())
         if rank == 0:
             metrics.update(rollout_scalars(groups, staleness, batcher, waited, time.perf_counter() - step_started))
+            metrics.update({f"learner/{name}": float(value) for name, value in counts.items()})
             metrics["learner/tokens_per_s"] = metrics["learner/tokens"] / max(metrics["learner/seconds"], 1e-9)
             metrics["rollout/tokens_per_s"] = metrics["rollout/generated_tokens"] / max(time.perf_counter() - step_started, 1e-9)
             metrics["weights/version"] = float(version)

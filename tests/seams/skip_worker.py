@@ -1,0 +1,81 @@
+"""Worker of test_rl_skip.py, in its own process (a world of one: DeepSpeed's process group stays out of pytest).
+
+Builds batches of A = R programs, some solved and some not, and runs the learner's own train_step on real ZeRO-3
+engines from the same initial weights: once on every sequence (what a run with a KL term sends: build_shares at
+beta > 0), once on what build_shares sends at beta 0 (the zero-advantage sequences left out), and once more on
+that smaller batch normalised by its own size (the mistake the skip must not make). Prints the largest weight
+difference of each against the first as JSON.
+
+The client optimizer is plain SGD without gradient clipping, so an update is proportional to its gradient and a
+wrong normaliser shows. Under AdamW (what `apr-ds rl` uses) a constant scale of the gradient barely changes an
+update, which would let that mistake pass.
+"""
+
+import json
+import sys
+from types import SimpleNamespace
+
+import numpy as np
+
+
+def groups(vocab: int, seed: int = 0) -> list:
+    """Four groups of four programs; each program has a parent call and one or two child calls of random tokens."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for rewards in ([1, 0, 0, 0], [0, 1, 1, 0], [1, 1, 1, 1], [0, 0, 1, 0]):
+        rows, tokens, behaviour = [], [], []
+        for program in range(len(rewards)):
+            for _ in range(1 + program % 2):
+                prompt, total = int(rng.integers(3, 8)), int(rng.integers(12, 30))
+                rows.append([prompt, total, program])
+                tokens.append(rng.integers(3, vocab, total))
+                behaviour.append(rng.uniform(-3.0, -0.5, total - prompt).astype(np.float32))
+        out.append((SimpleNamespace(rewards=rewards), np.concatenate(tokens).astype(np.int32),
+                    np.concatenate(behaviour), np.asarray(rows)))
+    return out
+
+
+def main() -> None:
+    import deepspeed
+    import torch
+
+    from apr_ds.config import RLConfig
+    from apr_ds.learner.checkpoint import gather_state_dict
+    from apr_ds.learner.engine import init_distributed, load_ds_config
+    from apr_ds.learner.loss import LossSettings
+    from apr_ds.learner.rl import as_sft_settings, build_shares, train_step
+    from apr_ds.model import build_model, llama_config
+
+    vocab = 64
+    rl = RLConfig(micro_batch=3, ppo_epochs=2, temperature=0.7, advantage="reward", beta=0.0)
+    ds_config = load_ds_config(as_sft_settings(rl, 1), 1)
+    ds_config.update(gradient_clipping=0.0, zero_allow_untested_optimizer=True)
+    init_distributed()
+
+    def trained(share) -> dict:
+        model = build_model(llama_config("tiny", vocab, context=64), seed=0).train()
+        engine, *_ = deepspeed.initialize(model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.5),
+                                          config=ds_config)
+        train_step(engine, None, share, LossSettings(beta=0.0), rl, world_size=1, pad_id=0, bos_id=1)
+        return gather_state_dict(engine)
+
+    batch = groups(vocab)
+    whole, whole_counts = build_shares(batch, 1, beta=1.0, advantage="reward")
+    skipped, skipped_counts = build_shares(batch, 1, beta=0.0, advantage="reward")
+    renormalised = dict(skipped[0], num_sequences=skipped_counts["trained_sequences"])
+    initial = build_model(llama_config("tiny", vocab, context=64), seed=0).state_dict()
+    reference = trained(whole[0])
+
+    def largest_difference(state: dict) -> float:
+        return max(float((state[k] - reference[k]).abs().max()) for k in reference)
+    print(json.dumps({
+        "whole": whole_counts, "skipped": skipped_counts,
+        "moved": max(float((reference[k] - initial[k]).abs().max()) for k in reference),
+        "skipped_vs_whole": largest_difference(trained(skipped[0])),
+        "renormalised_vs_whole": largest_difference(trained(renormalised)),
+    }))
+    sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()
