@@ -243,7 +243,10 @@ def train_step(engine, ref_engine, share: dict, settings, rl, world_size: int, p
             fixed.append((ids, targets, mask.to(device), behaviour.to(device), prox, ref))
     totals: dict = {}
     for epoch in range(rl.ppo_epochs):
-        for indices, (ids, targets, mask, behaviour, prox, ref) in zip(batches, fixed):
+        for i, (indices, (ids, targets, mask, behaviour, prox, ref)) in enumerate(zip(batches, fixed)):
+            # DeepSpeed finds its boundary by counting micro-steps since the engine began, which only works while
+            # every step has the same count; ours changes each step, so each epoch's end is named here
+            engine.set_gradient_accumulation_boundary(i == len(batches) - 1)
             logits = engine(input_ids=ids).logits[:, :-1]
             logp = token_logprobs(logits, targets, rl.temperature)
             adv = torch.as_tensor(share["advantages"][indices] if indices else np.zeros(1, np.float32), device=device)
