@@ -33,8 +33,12 @@ def test_reward_advantage_trains_only_on_solved_programs_and_keeps_an_all_solved
     assert shares[0]["num_sequences"] == 4 and counts == {"sequences": 4, "trained_sequences": 3}  # ... yet counted
     shares, counts = build_shares([_group([1, 1]), _group([0, 1])], 1, 0.001, "reward")  # a KL term: every one trains
     assert shares[0]["advantages"].tolist() == [1.0, 1.0, 0.0, 1.0] and counts["trained_sequences"] == 4
-    shares, _ = build_shares([_group([1, 1]), _group([0, 1])], 1, 0.0, "group_norm")
+    shares, counts = build_shares([_group([1, 1]), _group([0, 1])], 1, 0.0, "group_norm")
     assert shares[0]["advantages"].tolist() == pytest.approx([-1.0, 1.0])
+    assert counts == {"sequences": 2, "trained_sequences": 2}  # the uniform group is out of the normaliser too
+    # a shaped reward (the overlong penalty) can sit exactly on its group's mean: advantage 0, skipped, still counted
+    shares, counts = build_shares([_group([1, 0, 0.5])], 1, 0.0, "group_norm")
+    assert len(shares[0]["advantages"]) == 2 and counts == {"sequences": 3, "trained_sequences": 2}
     with pytest.raises(ValueError, match="unknown advantage 'baseline'"):
         advantages_for([1, 0], "baseline")
 

@@ -1,16 +1,16 @@
-"""The RL learner's step under A = R at beta 0: every sequence (the learner before it skipped) against only the
-sequences that carry an advantage (what build_shares sends now), side by side on one ZeRO-3 rank.
+"""The RL learner's step under A = R at beta 0: before it skipped (every sequence of each group with a solved
+program) against now (only the solved programs' sequences), side by side on one ZeRO-3 rank.
 
-    python tools/bench_rl_learner.py --json runs/bench_rl_learner.json        # ~4 min on 2 cores
-    python tools/bench_rl_learner.py --groups 32 --rounds 1                   # configuration 18's batch, ~15 min
+    python tools/bench_rl_learner.py --json runs/bench_rl_learner.json        # ~2 min on 2 cores
+    python tools/bench_rl_learner.py --groups 32 --rounds 1                   # configuration 19's batch
 
 Both sides run apr_ds.learner.rl.train_step (proximal log-probs, then rl.ppo_epochs forward/backward/step) with
-the `cpu` preset's model, micro-batch and temperature on the same synthetic batch. The batch is shaped like the cpu
-task's rollouts (docs/results.md, configuration 18: about 350,000 tokens per 256 programs): each program is a
-parent call, three child calls and the parent's continuation, about 1,370 tokens, solved with probability
---solved (the cpu task's training reward is 0.10-0.17). The skipped side trains on the solved programs' sequences
-and normalises by all of them, so both make the same update (tests/seams/test_rl_skip.py). Rounds alternate
-the order of the two sides; the best round of each counts.
+the `cpu` preset's model, micro-batch and temperature on the same synthetic batch, one thread. The batch is
+shaped like the cpu task's rollouts (docs/results.md: about 1,370 tokens per program): each program is a parent
+call, three child calls and the parent's continuation, solved with probability --solved (the cpu task's training
+reward is 0.08-0.17). Groups with no solved program are left out of both sides, as the learner already did before
+it skipped. Both sides normalise by the same sequences, so they make the same update
+(tests/seams/test_rl_learner_step.py). Rounds alternate the order of the two sides; the best round of each counts.
 """
 
 from __future__ import annotations
@@ -61,6 +61,8 @@ def rollout_batch(args, vocab: int, seed: int = 0) -> list:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    import torch
+
     from apr_ds.config import load_config
     from apr_ds.data.tokenizer import vocabulary
     from apr_ds.learner.engine import build_engine, init_distributed, load_ds_config
@@ -73,12 +75,15 @@ def main(argv=None) -> int:
     rl.advantage, rl.beta = "reward", 0.0
     settings = as_sft_settings(rl, 1)
     ds_config = load_ds_config(settings, 1)
+    torch.set_num_threads(1)
     init_distributed()
     vocab = len(vocabulary())
     engine = build_engine(build_model(llama_config("cpu", vocab, cfg.rollout.max_context), seed=0), settings, ds_config)
-    groups = rollout_batch(args, vocab)
-    # build_shares at beta > 0 sends every sequence: the learner as it was before it skipped
-    sides = {"every_sequence": build_shares(groups, 1, 1.0, rl.advantage), "skipped": build_shares(groups, 1, 0.0, rl.advantage)}
+    groups = [group for group in rollout_batch(args, vocab) if any(group[0].rewards)]
+    # build_shares at beta > 0 sends every sequence of these groups: the learner at beta 0 before it skipped
+    before_share, before_counts = build_shares(groups, 1, 1.0, rl.advantage)
+    skipped_share, skipped_counts = build_shares(groups, 1, 0.0, rl.advantage)
+    sides = {"before": (before_share[0], before_counts), "skipped": (skipped_share[0], skipped_counts)}
     loss_settings = LossSettings(clip_eps=rl.clip_eps, beta=0.0, is_cap=rl.is_cap)
 
     def step(share) -> float:
@@ -86,27 +91,29 @@ def main(argv=None) -> int:
         train_step(engine, None, share, loss_settings, rl, world_size=1, pad_id=0, bos_id=1)
         return time.perf_counter() - started
 
-    step(sides["skipped"][0][0])  # warm-up: allocator and DeepSpeed's first-step work
+    step(skipped_share[0])  # warm-up: allocator and DeepSpeed's first-step work
     seconds: dict[str, list[float]] = {name: [] for name in sides}
     for r in range(args.rounds):
         for name in (list(sides) if r % 2 == 0 else list(reversed(sides))):
-            seconds[name].append(step(sides[name][0][0]))
+            seconds[name].append(step(sides[name][0]))
             print(f"round {r + 1}: {name} {seconds[name][-1]:.1f} s", flush=True)
     best = {name: min(values) for name, values in seconds.items()}
-    tokens = {name: int(sum(len(t) for t in share[0][0]["tokens"])) for name, share in sides.items()}
+    tokens = {name: int(sum(len(t) for t in share["tokens"])) for name, (share, _) in sides.items()}
     result = {
-        "seconds_per_step": best, "speedup": best["every_sequence"] / best["skipped"],
-        "sequences": {name: share[1] for name, share in sides.items()}, "tokens": tokens,
+        "seconds_per_step": best, "speedup": best["before"] / best["skipped"],
+        "sequences": {name: counts for name, (_, counts) in sides.items()}, "tokens": tokens,
         "solved_programs": int(sum(sum(h.rewards) for h, *_ in groups)), "programs": args.groups * args.group_size,
+        "groups_with_a_solved_program": len(groups),
         "setup": {"model": "cpu preset", "ranks": "1 x 1 thread, ds_configs/zero3_cpu.json", "micro_batch": rl.micro_batch,
                   "ppo_epochs": rl.ppo_epochs, "temperature": rl.temperature, "groups": args.groups,
                   "group_size": args.group_size, "solved": args.solved},
         "rounds": seconds,
     }
-    print(f"\n{'side':<16}{'sequences':>10}{'tokens':>10}{'s/step':>9}")
-    for name in sides:
-        print(f"{name:<16}{result['sequences'][name]['trained_sequences']:>10}{tokens[name]:>10}{best[name]:>9.1f}")
-    print(f"speedup {result['speedup']:.2f}x ({result['solved_programs']} of {result['programs']} programs solved)")
+    print(f"\n{'side':<10}{'trained sequences':>19}{'of':>6}{'tokens':>10}{'s/step':>9}")
+    for name, (_, counts) in sides.items():
+        print(f"{name:<10}{counts['trained_sequences']:>19}{counts['sequences']:>6}{tokens[name]:>10}{best[name]:>9.1f}")
+    print(f"speedup {result['speedup']:.2f}x ({result['solved_programs']} of {result['programs']} programs solved, "
+          f"{len(groups)} of {args.groups} groups with one)")
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(result, indent=2) + "\n")

@@ -162,29 +162,33 @@ def build_shares(groups, num_learners: int, beta: float, advantage: str) -> tupl
     is normalised by (`sequences`) and how many of them the learners run (`trained_sequences`).
 
     Without a KL term a sequence whose advantage is 0 adds exactly 0 to the loss and to its gradient, in every
-    PPO epoch, so it is left out of the learners' four passes but still counted in the normaliser: the update is
-    the one the whole batch gives. Under A = R that is every failed program, about 85% of the sequences on the cpu
-    task, which took 12-13 of a step's 13 minutes in docs/results.md configuration 18."""
+    PPO epoch, so it is left out of the learners' forward and backward passes but still counted in the normaliser:
+    the update is the one the whole batch gives. Under A = R that is every failed program: 106 of the 500 counted
+    sequences were trained on the cpu task's first RL step (docs/results.md, configuration 19). A group in which
+    no sequence carries a gradient is dropped outright, normaliser included (APR's trainer drops it too)."""
     from apr_ds.learner.loss import advantages_for
-    records, counted = [], 0
+
+    def carries_gradient(a: float) -> bool:
+        return beta != 0 or a != 0
+    trained, normalising = [], 0
     for header, tokens, logprobs, table in groups:
         advantages = advantages_for(header.rewards, advantage)
+        if not any(carries_gradient(a) for a in advantages):
+            continue
         per_program = np.bincount(table[:, 2], minlength=len(header.rewards))
-        if beta == 0 and all(a == 0 for a in advantages):
-            continue  # a uniform group teaches nothing without a KL term (APR's trainer drops it too)
         start = out = 0
         for prompt_len, total_len, program in table:
             out_len = total_len - prompt_len
-            counted += 1
-            if beta != 0 or advantages[program] != 0:
-                records.append((tokens[start:start + total_len], int(prompt_len), logprobs[out:out + out_len],
+            normalising += 1
+            if carries_gradient(advantages[program]):
+                trained.append((tokens[start:start + total_len], int(prompt_len), logprobs[out:out + out_len],
                                 advantages[program], int(per_program[program])))
             start += total_len
             out += out_len
-    shares = [_pack([records[i] for i in idx]) for idx in balance([len(r[0]) for r in records], num_learners)]
+    shares = [_pack([trained[i] for i in idx]) for idx in balance([len(r[0]) for r in trained], num_learners)]
     for share in shares:
-        share["num_sequences"] = counted
-    return shares, {"sequences": counted, "trained_sequences": len(records)}
+        share["num_sequences"] = normalising
+    return shares, {"sequences": normalising, "trained_sequences": len(trained)}
 
 
 def _pack(records) -> dict:
@@ -444,13 +448,13 @@ def _run(cfg, roles, model_dir, out, resume, ds_config, settings) -> dict:
     bar = tqdm(total=rl.steps, initial=state["step"], disable=rank != 0, desc=f"rl {rl.method}", unit="step", dynamic_ncols=True)
     for step in range(state["step"], rl.steps):
         step_started = time.perf_counter()
-        shares, groups, staleness, waited, counts = None, None, None, 0.0, {}
+        shares, groups, staleness, waited, sequence_counts = None, None, None, 0.0, {}
         while True:
             if rank == 0:
                 groups, waited_now, staleness = batcher.take(rl.prompts_per_step, version, rl.max_staleness)
                 waited += waited_now
-                shares, counts = (build_shares(groups, world_size, rl.beta, rl.advantage) if groups is not None
-                                  else ([None] * world_size, {}))
+                shares, sequence_counts = (build_shares(groups, world_size, rl.beta, rl.advantage)
+                                           if groups is not None else ([None] * world_size, {}))
             share = scatter_shares(roles.role_comm, shares)
             if share is not None:
                 break
@@ -460,7 +464,7 @@ def _run(cfg, roles, model_dir, out, resume, ds_config, settings) -> dict:
         metrics.update(sync_weights())
         if rank == 0:
             metrics.update(rollout_scalars(groups, staleness, batcher, waited, time.perf_counter() - step_started))
-            metrics.update({f"learner/{name}": float(value) for name, value in counts.items()})
+            metrics.update({f"learner/{name}": float(value) for name, value in sequence_counts.items()})
             metrics["learner/tokens_per_s"] = metrics["learner/tokens"] / max(metrics["learner/seconds"], 1e-9)
             metrics["rollout/tokens_per_s"] = metrics["rollout/generated_tokens"] / max(time.perf_counter() - step_started, 1e-9)
             metrics["weights/version"] = float(version)

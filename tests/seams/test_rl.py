@@ -39,6 +39,23 @@ def test_two_learners_two_rollout_ranks(sft_run):
     assert not _servers_of(run_dir)  # every server stopped with its rank
 
 
+def test_a_reward_run_without_kl_trains_only_solved_programs_on_two_learners(sft_run):
+    """A = R at beta 0: the learners run the solved programs' sequences only, balanced over two ranks, and still
+    normalise by every sequence of each group with a solved program."""
+    run_dir = sft_run("apr", name="reward")
+    proc = run_rl(run_dir, "rl.steps=3", "rl.advantage=reward", "rl.beta=0", "rl.save_every=3", rollouts=1)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    rows = read_scalars(run_dir)
+    assert [r["step"] for r in rows] == [1, 2, 3]
+    assert all(r["learner/trained_sequences"] <= r["learner/sequences"] for r in rows)
+    assert any(0 < r["learner/trained_sequences"] < r["learner/sequences"] for r in rows), rows
+    from safetensors.torch import load_file
+    before = load_file(str(run_dir / "sft" / "apr" / "hf" / "model.safetensors"))
+    after = load_file(str(run_dir / "rl" / "hf" / "model.safetensors"))
+    assert any(not (before[k] == after[k]).all() for k in before)
+    assert not _servers_of(run_dir)
+
+
 def _servers_of(run_dir) -> list[int]:
     pids = [int(pid_file.read_text()) for pid_file in (run_dir / "rl").glob("server*.pid")]
     return [pid for pid in pids if process_alive(pid)]
