@@ -4,7 +4,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from apr_ds.config import SolverConfig, TaskConfig
-from apr_ds.tasks.countdown import Problem, combine, heldout_targets, make_splits, solve, verify
+from apr_ds.tasks.countdown import Problem, combine, heldout_targets, make_splits, problems_beyond_train, solve, verify
 from apr_ds.tasks.solvers import problem_rng, solve_apr, solve_sosp
 
 
@@ -53,6 +53,16 @@ def test_growing_train_keeps_eval_splits():
     assert small["test"] == big["test"] and small["val"] == big["val"]
     assert big["train"][:100] == small["train"]
 
+
+def test_problems_beyond_train_are_new_and_the_same_on_every_call():
+    cfg = _small_task(num_train=200)
+    extra = problems_beyond_train(cfg, 60)
+    assert len(extra) == 60 and len({p.key for p in extra}) == 60
+    split_keys = {p.key for ps in make_splits(cfg).values() for p in ps}
+    assert not split_keys & {p.key for p in extra}  # never in train, val, test or the unseen-target split
+    assert all(p.target in range(cfg.min_target, cfg.max_target + 1) and solve(p) is not None for p in extra)
+    assert problems_beyond_train(cfg, 60, workers=2) == extra
+    assert problems_beyond_train(cfg, 20) == extra[:20]
 
 def test_asking_for_more_problems_than_exist_is_a_clear_error():
     import pytest

@@ -15,7 +15,7 @@ from __future__ import annotations
 import itertools
 import math
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 
 
@@ -163,6 +163,13 @@ def make_splits(cfg, workers: int = 1, chunk: int = 512, progress=None) -> dict[
             pool.join()
     return splits
 
+
+def problems_beyond_train(cfg, count: int, workers: int = 1) -> list[Problem]:
+    """`count` problems drawn right after the train split: disjoint from train, val and test, so a model trained on
+    `cfg`'s splits never saw them. More held-out problems without moving any split (growing test would shift val
+    and train, which are filled after it)."""
+    grown = replace(cfg, num_train=cfg.num_train + count, num_test_unseen_targets=0)
+    return make_splits(grown, workers)["train"][cfg.num_train:]
 
 def _needs_spawn() -> bool:
     import sys

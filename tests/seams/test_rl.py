@@ -25,11 +25,7 @@ def test_two_learners_two_rollout_ranks(sft_run):
     assert rows[-1]["sync/checked_versions"] >= 2 and rows[-1]["sync/mismatched_versions"] == 0
     assert sum(r["rollout/reward"] for r in rows) > 0
     assert all(r["sync/bytes"] > 4e6 for r in rows)
-    # the policy moved: the exported weights differ from the SFT model's
-    from safetensors.torch import load_file
-    before = load_file(str(run_dir / "sft" / "apr" / "hf" / "model.safetensors"))
-    after = load_file(str(run_dir / "rl" / "hf" / "model.safetensors"))
-    assert before.keys() == after.keys() and any(not (before[k] == after[k]).all() for k in before)
+    assert _policy_moved(run_dir)
     # TensorBoard, read back with tensorboard's own reader
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
     events = EventAccumulator(str(run_dir / "rl" / "tb"))
@@ -49,11 +45,17 @@ def test_a_reward_run_without_kl_trains_only_solved_programs_on_two_learners(sft
     assert [r["step"] for r in rows] == [1, 2, 3]
     assert all(r["learner/trained_sequences"] <= r["learner/sequences"] for r in rows)
     assert any(0 < r["learner/trained_sequences"] < r["learner/sequences"] for r in rows), rows
+    assert _policy_moved(run_dir)
+    assert not _servers_of(run_dir)
+
+
+def _policy_moved(run_dir) -> bool:
+    """The RL run's exported weights differ from the SFT model it started from (same tensors, other values)."""
     from safetensors.torch import load_file
     before = load_file(str(run_dir / "sft" / "apr" / "hf" / "model.safetensors"))
     after = load_file(str(run_dir / "rl" / "hf" / "model.safetensors"))
-    assert any(not (before[k] == after[k]).all() for k in before)
-    assert not _servers_of(run_dir)
+    assert before.keys() == after.keys(), set(before) ^ set(after)
+    return any(not (before[k] == after[k]).all() for k in before)
 
 
 def _servers_of(run_dir) -> list[int]:
