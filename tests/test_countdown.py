@@ -64,6 +64,7 @@ def test_problems_beyond_train_are_new_and_the_same_on_every_call():
     assert problems_beyond_train(cfg, 60, workers=2) == extra
     assert problems_beyond_train(cfg, 20) == extra[:20]
 
+
 def test_asking_for_more_problems_than_exist_is_a_clear_error():
     import pytest
     with pytest.raises(ValueError, match="only .* distinct problems exist"):

@@ -12,12 +12,12 @@ key=value overrides are the preset's, as for `apr-ds data`.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from apr_ds.cli import add_config_arguments, config_from_args  # noqa: E402
+from apr_ds.data.build import write_problems  # noqa: E402
 from apr_ds.errors import UserError  # noqa: E402
 from apr_ds.tasks.countdown import problems_beyond_train  # noqa: E402
 
@@ -38,10 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     except (UserError, ValueError) as e:
         print(f"heldout_problems: error: {e}", file=sys.stderr)
         return 2
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    with open(args.out, "w") as f:
-        for problem in problems:
-            f.write(json.dumps(problem.to_json(), separators=(",", ":")) + "\n")
+    write_problems(args.out, problems)
     print(f"{len(problems)} problems after train problem {cfg.task.num_train} -> {args.out}")
     return 0
 

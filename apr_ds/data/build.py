@@ -52,6 +52,11 @@ def _jsonl(rows) -> bytes:
     return "".join(json.dumps(r, separators=(",", ":")) + "\n" for r in rows).encode()
 
 
+def write_problems(path: Path, problems) -> None:
+    """A problems JSONL (`{"nums": [...], "target": T}` a line), what `eval.problems_file` and the splits read."""
+    _write_atomic(path, _jsonl(p.to_json() for p in problems))
+
+
 _TASK = None  # set in the parent before the pool forks, so workers inherit it
 
 
@@ -102,7 +107,7 @@ def build(cfg) -> dict:
         except ValueError as e:
             raise UserError(str(e)) from None
     for name, problems in splits.items():
-        _write_atomic(out / "problems" / f"{name}.jsonl", _jsonl(p.to_json() for p in problems))
+        write_problems(out / "problems" / f"{name}.jsonl", problems)
 
     pool = None
     if cfg.data.workers > 1:

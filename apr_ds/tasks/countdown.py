@@ -171,6 +171,7 @@ def problems_beyond_train(cfg, count: int, workers: int = 1) -> list[Problem]:
     grown = replace(cfg, num_train=cfg.num_train + count, num_test_unseen_targets=0)
     return make_splits(grown, workers)["train"][cfg.num_train:]
 
+
 def _needs_spawn() -> bool:
     import sys
     return sys.platform == "darwin"
