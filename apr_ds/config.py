@@ -291,6 +291,10 @@ class RLConfig:
     rollout.max_context loses reward linearly, up to rl.overlong_penalty at the limit (where the window cuts it).
     0 = off: APR's binary reward."""
     overlong_penalty: float = 1.0
+    line_penalty: float = 0.0
+    """Subtracted from the advantage of the tokens of a wrong `Exploring Operation` or `Generated Node` line (a wrong
+    operand, result or resulting list, a repeated operation, a wrong target), from its first wrong part to its end,
+    whatever the program's outcome (learner/line_penalty.py). 0 = off: the outcome alone, as APR."""
     advantage: str = "group_norm"
     """`group_norm` (GRPO, APR's trainer): (R - group mean) / group std. `reward`: A = R, REINFORCE without a
     baseline, which with the 0/1 reward trains only on solved programs (rejection-sampling fine-tuning done on-policy)."""

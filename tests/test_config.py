@@ -80,6 +80,7 @@ def test_cli_reports_config_errors_without_traceback(apr_ds_cli, tmp_path):
     ("rl.loss_agg=tokens", "rl.loss_agg must be token_mean or token_sum, got 'tokens'"),
     ("rl.advantage=baseline", "rl.advantage must be group_norm or reward, got 'baseline'"),
     ("rl.temperature=0", "rl.temperature must be > 0 (RL samples its programs; 0 is greedy decoding), got 0.0"),
+    ("rl.line_penalty=-1", "rl.line_penalty must be >= 0 (it is subtracted from a wrong line's advantage), got -1.0"),
     ("rollout.top_k=1", "rl needs untruncated sampling: rollout.top_p must be 1 and rollout.top_k -1, got 1.0 and 1"),
 ])
 def test_rl_rejects_a_bad_objective_setting_before_starting_ranks(apr_ds_cli, tmp_path, override, message):

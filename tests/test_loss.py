@@ -24,21 +24,27 @@ def _group(rewards):
     return header, tokens, np.zeros(2 * len(rewards), np.float32), table
 
 
+def _first_advantages(shares) -> list[float]:
+    """Each trained sequence's advantage on its first generated token (every token's, without a line penalty)."""
+    return [float(a[0]) for a in shares[0]["advantages"]]
+
+
 def test_reward_advantage_trains_only_on_solved_programs_and_keeps_an_all_solved_group():
     assert advantages_for([1, 0, 0, 1], "reward") == [1.0, 0.0, 0.0, 1.0]
     assert advantages_for([1, 0], "group_norm") == group_advantages([1, 0])
     # GRPO drops a uniform group (without a KL term); A = R keeps an all-solved one, whose programs still teach.
     shares, counts = build_shares([_group([1, 1]), _group([0, 1])], 1, 0.0, "reward")
-    assert shares[0]["advantages"].tolist() == [1.0, 1.0, 1.0]  # the failed program adds nothing: left out ...
-    assert shares[0]["num_sequences"] == 4 and counts == {"sequences": 4, "trained_sequences": 3}  # ... yet counted
+    assert _first_advantages(shares) == [1.0, 1.0, 1.0]  # the failed program adds nothing: left out ...
+    assert shares[0]["num_sequences"] == 4 and counts == {"sequences": 4, "trained_sequences": 3,
+                                                          "penalised_tokens": 0}  # ... yet counted
     shares, counts = build_shares([_group([1, 1]), _group([0, 1])], 1, 0.001, "reward")  # a KL term: every one trains
-    assert shares[0]["advantages"].tolist() == [1.0, 1.0, 0.0, 1.0] and counts["trained_sequences"] == 4
+    assert _first_advantages(shares) == [1.0, 1.0, 0.0, 1.0] and counts["trained_sequences"] == 4
     shares, counts = build_shares([_group([1, 1]), _group([0, 1])], 1, 0.0, "group_norm")
-    assert shares[0]["advantages"].tolist() == pytest.approx([-1.0, 1.0])
-    assert counts == {"sequences": 2, "trained_sequences": 2}  # the uniform group is out of the normaliser too
+    assert _first_advantages(shares) == pytest.approx([-1.0, 1.0])
+    assert counts["sequences"] == 2 and counts["trained_sequences"] == 2  # the uniform group is out of the normaliser too
     # a shaped reward (the overlong penalty) can sit exactly on its group's mean: advantage 0, skipped, still counted
     shares, counts = build_shares([_group([1, 0, 0.5])], 1, 0.0, "group_norm")
-    assert len(shares[0]["advantages"]) == 2 and counts == {"sequences": 3, "trained_sequences": 2}
+    assert len(shares[0]["advantages"]) == 2 and counts["sequences"] == 3 and counts["trained_sequences"] == 2
     with pytest.raises(ValueError, match="unknown advantage 'baseline'"):
         advantages_for([1, 0], "baseline")
 
@@ -49,7 +55,7 @@ def _batch(adv, logp=None, prox=None, behav=None, ref=None, mask=None):
     behav = torch.tensor(behav or [[-1.0, -2.0, -0.5]])
     ref = None if ref is None else torch.tensor(ref)
     mask = torch.tensor(mask or [[0.0, 1.0, 1.0]])
-    return logp, prox, behav, ref, mask, torch.tensor(adv)
+    return logp, prox, behav, ref, mask, torch.tensor(adv)[:, None].expand(mask.shape)
 
 
 def test_on_policy_loss_is_minus_advantage_and_masks_the_prompt():
@@ -92,7 +98,7 @@ def test_sequences_of_one_program_share_its_weight():
     logp = torch.full((3, 2), -1.0, requires_grad=True)
     same = torch.full((3, 2), -1.0)
     mask = torch.ones(3, 2)
-    adv = torch.tensor([1.0, 1.0, 1.0])
+    adv = torch.ones(3, 2)
     seqs_in_program = torch.tensor([1.0, 2.0, 2.0])  # program A: seq 0; program B: seqs 1, 2
     loss, _ = grpo_loss(logp, same, same, None, mask, adv, seqs_in_program, 3, LossSettings())
     assert abs(loss.item() + (1.0 + 0.5 + 0.5) / 3) < 1e-6
@@ -111,7 +117,7 @@ def test_one_token_the_policy_ruled_out_cannot_dominate_the_kl():
     logp = torch.tensor([[-16.0, -1.0]], requires_grad=True)   # ref/pi = e^15 on token 1
     ref = torch.tensor([[-1.0, -1.0]])
     ones = torch.ones(1, 2)
-    loss, stats = grpo_loss(logp, logp.detach(), logp.detach(), ref, ones, torch.zeros(1), torch.ones(1), 1,
+    loss, stats = grpo_loss(logp, logp.detach(), logp.detach(), ref, ones, torch.zeros(1, 2), torch.ones(1), 1,
                             LossSettings(beta=1.0))
     assert stats["kl"] == pytest.approx(10.0 / 2)   # capped at 10 per token (uncapped: e^15 - 16 ~ 3.3e6)
     loss.backward()
@@ -124,7 +130,7 @@ def test_token_sum_weighs_every_token_alike_whatever_its_sequence_length():
     logp = torch.full((2, 4), -1.0, requires_grad=True)
     same = torch.full((2, 4), -1.0)
     mask = torch.tensor([[1.0, 0.0, 0.0, 0.0], [1.0, 1.0, 1.0, 1.0]])
-    adv, one = torch.tensor([-1.0, -1.0]), torch.ones(2)
+    adv, one = torch.full((2, 4), -1.0), torch.ones(2)
     mean_loss, _ = grpo_loss(logp, same, same, None, mask, adv, one, 2, LossSettings())
     mean_loss.backward()
     assert logp.grad[0, 0].item() == pytest.approx(4 * logp.grad[1, 0].item())

@@ -48,6 +48,8 @@ def validate(cfg) -> None:
     if not 0 <= rl.overlong_buffer < cfg.rollout.max_context or rl.overlong_penalty < 0:
         raise UserError(f"rl.overlong_buffer must be in [0, rollout.max_context={cfg.rollout.max_context}) and "
                         f"rl.overlong_penalty >= 0, got {rl.overlong_buffer} and {rl.overlong_penalty}")
+    if rl.line_penalty < 0:
+        raise UserError(f"rl.line_penalty must be >= 0 (it is subtracted from a wrong line's advantage), got {rl.line_penalty}")
     if rl.temperature <= 0:
         raise UserError(f"rl.temperature must be > 0 (RL samples its programs; 0 is greedy decoding), got {rl.temperature}")
     if cfg.rollout.top_p != 1.0 or cfg.rollout.top_k != -1:

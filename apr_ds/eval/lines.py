@@ -37,11 +37,11 @@ def _arithmetic_ok(a: int, sign: str, b: int, c: int) -> bool:
     return b != 0 and a % b == 0 and a // b == c
 
 
-def count_lines(text: str) -> Counter:
-    """Counts `{skill}` (right) and `{skill}_total` over one thread's text."""
-    counts: Counter = Counter()
-    state, explored, in_join = None, set(), False
-    for line in text.splitlines():
+def checked_lines(text: str):
+    """Yields (offset of the line in `text`, its match, {skill: right}) for every checked line outside join blocks."""
+    state, explored, in_join, offset = None, set(), False, 0
+    for line in text.splitlines(keepends=True):
+        start, offset, line = offset, offset + len(line), line.rstrip("\r\n")
         if line.startswith(JOIN_OPEN):
             in_join = True
         if in_join:
@@ -55,14 +55,36 @@ def count_lines(text: str) -> Counter:
             operands_ok = pool[a] >= 1 and pool[b] >= 1 and (a != b or pool[a] >= 2)
             expected = (pool - Counter([a, b])) + Counter([c]) if operands_ok else None
             operation = (min(a, b), sign, max(a, b)) if sign in "+*" else (a, sign, b)
-            counts.update({"operands_total": 1, "arithmetic_total": 1, "result_list_total": 1, "distinct_total": 1,
-                           "operands": operands_ok, "arithmetic": _arithmetic_ok(a, sign, b, c),
-                           "result_list": expected is not None and Counter(_ints(m.group(5))) == expected,
-                           "distinct": operation not in explored})
+            yield start, m, {"operands": operands_ok, "arithmetic": _arithmetic_ok(a, sign, b, c),
+                             "result_list": expected is not None and Counter(_ints(m.group(5))) == expected,
+                             "distinct": operation not in explored}
             explored.add(operation)
         elif (m := GENERATED_RE.match(line)) and state is not None:
-            counts.update({"target_total": 1, "target": int(m.group(2)) == state[0]})
+            yield start, m, {"target": int(m.group(2)) == state[0]}
+
+
+def count_lines(text: str) -> Counter:
+    """Counts `{skill}` (right) and `{skill}_total` over one thread's text."""
+    counts: Counter = Counter()
+    for _, _, verdicts in checked_lines(text):
+        counts.update({f"{skill}_total": 1 for skill in verdicts})
+        counts.update(verdicts)
     return counts
+
+
+# Where a wrong skill's text begins in its line's match: the part the model got wrong runs from there to the line's end
+# (a wrong operand or a repeated operation is wrong from the first operand on; a wrong result from the result on).
+_WRONG_FROM_GROUP = {"operands": 1, "distinct": 1, "arithmetic": 4, "result_list": 5, "target": 2}
+
+
+def wrong_spans(text: str) -> list[tuple[int, int]]:
+    """Character spans [start, end) of `text` that a checked line got wrong: from its first wrong part to its end."""
+    spans = []
+    for start, m, verdicts in checked_lines(text):
+        wrong = [m.start(_WRONG_FROM_GROUP[skill]) for skill, right in verdicts.items() if not right]
+        if wrong:
+            spans.append((start + min(wrong), start + m.end()))
+    return spans
 
 
 def line_diagnostics(texts) -> dict:

@@ -6,10 +6,12 @@ every thread of program r (parent calls and children alike) is a training sequen
 one scalar outcome credits every thread, which is how parent and children are trained end to end.
 (`rl.advantage=reward` uses A_r = R_r instead: REINFORCE without a baseline.)
 
-Per sequence s, over its generated tokens t only (prompt tokens, including inserted join text, are masked):
+A token's advantage A_t is its program's A_r, less rl.line_penalty on the wrong part of a wrong line
+(line_penalty.py; 0 by default: the outcome alone, as APR). Per sequence s, over its generated tokens t only
+(prompt tokens, including inserted join text, are masked):
     w_t     = min(exp(logp_prox - logp_behav), is_cap)        truncated importance weight (behaviour -> proximal)
     ratio_t = exp(logp - logp_prox)
-    pg_t    = -w_t * min(ratio_t * A, clip(ratio_t, 1 - eps, 1 + eps) * A)
+    pg_t    = -w_t * min(ratio_t * A_t, clip(ratio_t, 1 - eps, 1 + eps) * A_t)
     kl_t    = min(exp(d) - d - 1, 10), d = clamp(ref - logp, ±20)   k3 estimator against the frozen SFT reference,
               capped per token as verl's low_var_kl: one token the policy has all but ruled out (ref/pi = e^15)
               otherwise outweighs the whole batch (cpu run, docs/results.md: KL 27 and grad norm 15 in one step)
@@ -78,14 +80,14 @@ class LossSettings:
 def grpo_loss(logp: torch.Tensor, logp_prox: torch.Tensor, logp_behav: torch.Tensor, ref_logp: torch.Tensor | None,
               mask: torch.Tensor, advantages: torch.Tensor, seqs_in_program: torch.Tensor, num_sequences: int,
               settings: LossSettings) -> tuple[torch.Tensor, dict]:
-    """All per-token tensors are [B, T] aligned to the predicted tokens; `mask` is 1 on generated tokens.
-    `advantages` and `seqs_in_program` are [B]. `num_sequences` is the batch's total over all micro-batches
+    """All per-token tensors, `advantages` included, are [B, T] aligned to the predicted tokens; `mask` is 1 on
+    generated tokens. `seqs_in_program` is [B]. `num_sequences` is the batch's total over all micro-batches
     and ranks, so summing micro-batch losses gives the batch loss. Returns (loss, statistics)."""
     mask = mask.float()
     tokens = mask.sum(-1).clamp(min=1.0)
     weight = torch.exp(logp_prox - logp_behav).clamp(max=settings.is_cap).detach()
     ratio = torch.exp(logp - logp_prox)
-    adv = advantages[:, None].to(logp.dtype)
+    adv = advantages.to(logp.dtype)
     unclipped, clipped = ratio * adv, ratio.clamp(1 - settings.clip_eps, 1 + settings.clip_eps) * adv
     pg = -weight * torch.minimum(unclipped, clipped)
     per_sequence = settings.token_sum_norm if settings.token_sum_norm > 0 else tokens

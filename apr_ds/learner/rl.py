@@ -157,44 +157,50 @@ class Batcher:
         return taken, waited, staleness
 
 
-def build_shares(groups, num_learners: int, beta: float, advantage: str) -> tuple[list[dict], dict]:
-    """Sequences with their advantages, split over learners by tokens. Also returns how many sequences the loss
-    is normalised by (`sequences`) and how many of them the learners run (`trained_sequences`).
+def build_shares(groups, num_learners: int, beta: float, advantage: str, line_penalty: float = 0.0,
+                 wrong_tokens=None) -> tuple[list[dict], dict]:
+    """Sequences with their per-token advantages, split over learners by tokens. Also returns how many sequences the
+    loss is normalised by (`sequences`), how many of them the learners run (`trained_sequences`) and how many
+    generated tokens the line penalty marked (`penalised_tokens`).
 
-    Without a KL term a sequence whose advantage is 0 adds exactly 0 to the loss and to its gradient, in every
-    PPO epoch, so it is left out of the learners' forward and backward passes but still counted in the normaliser:
-    the update is the one the whole batch gives. Under A = R that is every failed program: 157 of the 670 counted
-    sequences were trained on the cpu task's first RL step (docs/results.md, configuration 19). A group in which
-    no sequence carries a gradient is dropped outright, normaliser included (APR's trainer drops it too)."""
+    A token's advantage is its program's, minus `line_penalty` on the wrong part of a wrong line (`wrong_tokens`,
+    line_penalty.py). Without a KL term a sequence whose advantages are all 0 adds exactly 0 to the loss and to its
+    gradient, in every PPO epoch, so it is left out of the learners' forward and backward passes but still counted in
+    the normaliser: the update is the one the whole batch gives. Under A = R and no line penalty that is every failed
+    program: 157 of the 670 counted sequences were trained on the cpu task's first RL step (docs/results.md,
+    configuration 19). A group in which no sequence carries a gradient is dropped outright, normaliser included
+    (APR's trainer drops it too)."""
     from apr_ds.learner.loss import advantages_for
 
-    def carries_gradient(a: float) -> bool:
-        return beta != 0 or a != 0
-    trained, normalising = [], 0
+    trained, normalising, penalised = [], 0, 0
     for header, tokens, logprobs, table in groups:
         advantages = advantages_for(header.rewards, advantage)
-        if not any(carries_gradient(a) for a in advantages):
-            continue
         per_program = np.bincount(table[:, 2], minlength=len(header.rewards))
-        start = out = 0
+        group, start, out = [], 0, 0
         for prompt_len, total_len, program in table:
             out_len = total_len - prompt_len
-            normalising += 1
-            if carries_gradient(advantages[program]):
-                trained.append((tokens[start:start + total_len], int(prompt_len), logprobs[out:out + out_len],
-                                advantages[program], int(per_program[program])))
+            ids = tokens[start:start + total_len]
+            token_advantages = np.full(out_len, advantages[program], np.float32)
+            if line_penalty:
+                marks = wrong_tokens(ids, int(prompt_len))
+                token_advantages -= line_penalty * marks
+                penalised += int(marks.sum())
+            group.append((ids, int(prompt_len), logprobs[out:out + out_len], token_advantages, int(per_program[program])))
             start += total_len
             out += out_len
+        carries_gradient = [beta != 0 or bool(record[3].any()) for record in group]
+        if any(carries_gradient):
+            normalising += len(group)
+            trained += [record for record, carries in zip(group, carries_gradient) if carries]
     shares = [_pack([trained[i] for i in idx]) for idx in balance([len(r[0]) for r in trained], num_learners)]
     for share in shares:
         share["num_sequences"] = normalising
-    return shares, {"sequences": normalising, "trained_sequences": len(trained)}
+    return shares, {"sequences": normalising, "trained_sequences": len(trained), "penalised_tokens": penalised}
 
 
 def _pack(records) -> dict:
     return {"tokens": [r[0] for r in records], "prompt_lens": [r[1] for r in records], "behaviour": [r[2] for r in records],
-            "advantages": np.asarray([r[3] for r in records], np.float32),
-            "seqs_in_program": np.asarray([r[4] for r in records], np.float32)}
+            "advantages": [r[3] for r in records], "seqs_in_program": np.asarray([r[4] for r in records], np.float32)}
 
 
 # ---------------------------------------------------------------------------- one step on every learner
@@ -207,21 +213,23 @@ def micro_batches(share: dict, micro: int, count: int) -> list[list[int]]:
 
 
 def collate(share: dict, indices: list[int], pad_id: int, bos_id: int):
-    """(input ids [B, L], targets [B, L-1], mask [B, L-1], behaviour log-probs [B, L-1]); an empty micro-batch
-    becomes one masked dummy row so every rank still runs the same collectives."""
+    """(input ids [B, L], targets [B, L-1], mask [B, L-1], behaviour log-probs [B, L-1], advantages [B, L-1]); an
+    empty micro-batch becomes one masked dummy row so every rank still runs the same collectives."""
     import torch
     rows = [share["tokens"][i] for i in indices] or [np.asarray([bos_id, bos_id], np.int32)]
     width = max(len(r) for r in rows)
     ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
     mask = torch.zeros(len(rows), width - 1)
     behaviour = torch.zeros(len(rows), width - 1)
+    advantages = torch.zeros(len(rows), width - 1)
     for b, row in enumerate(rows):
         ids[b, :len(row)] = torch.from_numpy(np.asarray(row, np.int64))
         if indices:
             p = share["prompt_lens"][indices[b]]
             mask[b, p - 1:len(row) - 1] = 1.0
             behaviour[b, p - 1:len(row) - 1] = torch.from_numpy(np.asarray(share["behaviour"][indices[b]], np.float32))
-    return ids, ids[:, 1:], mask, behaviour
+            advantages[b, p - 1:len(row) - 1] = torch.from_numpy(share["advantages"][indices[b]])
+    return ids, ids[:, 1:], mask, behaviour, advantages
 
 
 def train_step(engine, ref_engine, share: dict, settings, rl, world_size: int, pad_id: int, bos_id: int) -> dict:
@@ -239,21 +247,20 @@ def train_step(engine, ref_engine, share: dict, settings, rl, world_size: int, p
     fixed = []  # proximal and reference log-probs: fixed for all PPO epochs of this batch
     with torch.no_grad():
         for indices in batches:
-            ids, targets, mask, behaviour = collate(share, indices, pad_id, bos_id)
+            ids, targets, mask, behaviour, adv = collate(share, indices, pad_id, bos_id)
             ids, targets = ids.to(device), targets.to(device)
             prox = token_logprobs(engine(input_ids=ids).logits[:, :-1], targets, rl.temperature)
             ref = (token_logprobs(ref_engine(input_ids=ids).logits[:, :-1], targets, rl.temperature)
                    if ref_engine is not None else None)
-            fixed.append((ids, targets, mask.to(device), behaviour.to(device), prox, ref))
+            fixed.append((ids, targets, mask.to(device), behaviour.to(device), adv.to(device), prox, ref))
     totals: dict = {}
     for epoch in range(rl.ppo_epochs):
-        for i, (indices, (ids, targets, mask, behaviour, prox, ref)) in enumerate(zip(batches, fixed)):
+        for i, (indices, (ids, targets, mask, behaviour, adv, prox, ref)) in enumerate(zip(batches, fixed)):
             # DeepSpeed finds its boundary by counting micro-steps since the engine began, which only works while
             # every step has the same count; ours changes each step, so each epoch's end is named here
             engine.set_gradient_accumulation_boundary(i == len(batches) - 1)
             logits = engine(input_ids=ids).logits[:, :-1]
             logp = token_logprobs(logits, targets, rl.temperature)
-            adv = torch.as_tensor(share["advantages"][indices] if indices else np.zeros(1, np.float32), device=device)
             sip = torch.as_tensor(share["seqs_in_program"][indices] if indices else np.ones(1, np.float32), device=device)
             loss, stats = grpo_loss(logp, prox, behaviour, ref, mask, adv, sip, max(1, share["num_sequences"]), settings)
             # ZeRO averages gradients over ranks; the loss is already normalised by the global sequence count
@@ -396,6 +403,8 @@ def _run(cfg, roles, model_dir, out, resume, ds_config, settings) -> dict:
                                  token_sum_norm=float(cfg.rollout.max_context) if rl.loss_agg == "token_sum" else 0.0)
 
     probes = probe_names(plan)
+    from apr_ds.learner.line_penalty import WrongTokens
+    wrong_tokens = WrongTokens(tokenizer) if rl.line_penalty else None  # on every rank: a bad tokenizer stops them all
 
     def regroup() -> None:
         """A restarted server cannot rejoin the old group (a process group keeps its dead member): build a new one."""
@@ -453,7 +462,8 @@ def _run(cfg, roles, model_dir, out, resume, ds_config, settings) -> dict:
             if rank == 0:
                 groups, waited_now, staleness = batcher.take(rl.prompts_per_step, version, rl.max_staleness)
                 waited += waited_now
-                shares, sequence_counts = (build_shares(groups, world_size, rl.beta, rl.advantage)
+                shares, sequence_counts = (build_shares(groups, world_size, rl.beta, rl.advantage, rl.line_penalty,
+                                                        wrong_tokens)
                                            if groups is not None else ([None] * world_size, {}))
             share = scatter_shares(roles.role_comm, shares)
             if share is not None:

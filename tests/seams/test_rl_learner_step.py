@@ -21,8 +21,8 @@ def run_worker(mode: str) -> dict:
 def test_skipping_zero_advantage_sequences_leaves_the_update_unchanged():
     result = run_worker("skip")
     # 24 sequences in 16 programs, 8 of them solved: 11 sequences carry an advantage, all 24 normalise the loss
-    assert result["whole"] == {"sequences": 24, "trained_sequences": 24}
-    assert result["skipped"] == {"sequences": 24, "trained_sequences": 11}
+    assert result["whole"] == {"sequences": 24, "trained_sequences": 24, "penalised_tokens": 0}
+    assert result["skipped"] == {"sequences": 24, "trained_sequences": 11, "penalised_tokens": 0}
     assert result["moved"] > 1e-3  # the step did move the weights, so equal weights are not a vacuous match
     assert result["skipped_vs_whole"] < 1e-3 * result["moved"], result  # float noise only (measured 7e-9 of 3e-3)
     # dividing by the 11 trained sequences instead would scale the update by 24/11: the check above would catch it

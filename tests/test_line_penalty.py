@@ -1,0 +1,93 @@
+"""RL's line penalty: which generated tokens a wrong line marks, and the advantages the learner gives them."""
+
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from apr_ds.data.tokenizer import build_tokenizer
+from apr_ds.errors import UserError
+from apr_ds.eval.lines import count_lines, wrong_spans
+from apr_ds.learner.line_penalty import WrongTokens
+from apr_ds.learner.rl import build_shares
+
+STATE = "Current State: 24:[3, 8, 1], Operations: []\n"
+RIGHT = "Exploring Operation: 3+8=11, Resulting Numbers: [1, 11]\n"
+WRONG_RESULT = "Exploring Operation: 3*8=25, Resulting Numbers: [1, 25]\n"
+REPEATED = "Exploring Operation: 8+3=11, Resulting Numbers: [1, 11]\n"
+WRONG_LIST = "Exploring Operation: 8-1=7, Resulting Numbers: [3, 8]\n"
+
+
+def _spanned(text: str) -> list[str]:
+    return [text[start:end] for start, end in wrong_spans(text)]
+
+
+def test_a_wrong_line_is_wrong_from_its_first_wrong_part_to_its_end():
+    text = STATE + RIGHT + WRONG_RESULT + REPEATED + WRONG_LIST
+    assert _spanned(text) == ["25, Resulting Numbers: [1, 25]", "8+3=11, Resulting Numbers: [1, 11]", "3, 8]"]
+    counts = count_lines(text)  # the diagnostics read the same checks
+    assert (counts["arithmetic"], counts["distinct"], counts["result_list"], counts["arithmetic_total"]) == (3, 3, 3, 4)
+
+
+def test_join_blocks_and_lines_without_a_state_are_not_checked():
+    join = "<Sub Searches>\n" + STATE + WRONG_RESULT + "<End Sub Searches>\n"
+    assert _spanned(WRONG_RESULT + join) == []
+
+
+def test_marks_cover_only_the_generated_tokens_of_the_wrong_part():
+    tokenizer = build_tokenizer()
+    marks_of = WrongTokens(tokenizer)
+    prompt = tokenizer.encode("<s>" + STATE)
+    output = tokenizer.encode(RIGHT + WRONG_RESULT)
+    marks = marks_of(np.asarray(prompt + output), len(prompt))
+    assert len(marks) == len(output)
+    marked = tokenizer.decode([t for t, m in zip(output, marks) if m])
+    assert marked == "25, Resulting Numbers: [1, 25]"
+    # a wrong line that sits in the prompt (an earlier call's output) is not this sequence's to answer for
+    prompt = tokenizer.encode("<s>" + STATE + WRONG_RESULT)
+    output = tokenizer.encode(RIGHT)
+    assert not marks_of(np.asarray(prompt + output), len(prompt)).any()
+
+
+def test_a_tokenizer_whose_tokens_do_not_decode_one_by_one_is_refused():
+    domain = build_tokenizer()
+    spaced = SimpleNamespace(encode=domain.encode, decode=lambda ids, **kw: domain.decode(ids, **kw) + " ")
+    with pytest.raises(UserError, match="rl.line_penalty needs a tokenizer"):
+        WrongTokens(spaced)
+
+
+def test_build_shares_subtracts_the_penalty_even_from_a_failed_program():
+    tokenizer = build_tokenizer()
+    wrong_tokens = WrongTokens(tokenizer)
+    prompt = tokenizer.encode("<s>" + STATE)
+    sequences = [prompt + tokenizer.encode(RIGHT), prompt + tokenizer.encode(WRONG_RESULT)]  # program 0, program 1
+    tokens = np.asarray(sum(sequences, []))
+    table = np.asarray([[len(prompt), len(s), p] for p, s in enumerate(sequences)])
+    behaviour = np.zeros(sum(len(s) - len(prompt) for s in sequences), np.float32)
+    group = (SimpleNamespace(rewards=[1, 0]), tokens, behaviour, table)
+
+    shares, counts = build_shares([group], 1, 0.0, "reward")  # off: the failed program is left out
+    assert counts["trained_sequences"] == 1 and counts["penalised_tokens"] == 0
+    shares, counts = build_shares([group], 1, 0.0, "reward", line_penalty=0.5, wrong_tokens=wrong_tokens)
+    assert counts["trained_sequences"] == 2 and counts["sequences"] == 2
+    advantages = {tuple(ids): a for ids, a in zip(shares[0]["tokens"], shares[0]["advantages"])}
+    solved, failed = (advantages[tuple(s)] for s in sequences)
+    assert set(solved.tolist()) == {1.0}
+    wrong = tokenizer.encode("25, Resulting Numbers: [1, 25]")
+    assert counts["penalised_tokens"] == len(wrong) == int((failed == -0.5).sum())
+    assert failed[-1] == 0.0  # the newline after the wrong part is not marked
+
+
+def test_collated_advantages_line_up_with_the_tokens_they_score():
+    """The learner predicts token t+1 at position t: a marked token's advantage must sit where it is the target."""
+    from apr_ds.learner.rl import collate
+    tokenizer = build_tokenizer()
+    prompt = tokenizer.encode("<s>" + STATE)
+    sequence = prompt + tokenizer.encode(WRONG_RESULT)
+    group = (SimpleNamespace(rewards=[0]), np.asarray(sequence), np.zeros(len(sequence) - len(prompt), np.float32),
+             np.asarray([[len(prompt), len(sequence), 0]]))
+    shares, _ = build_shares([group], 1, 0.0, "reward", line_penalty=1.0, wrong_tokens=WrongTokens(tokenizer))
+    ids, targets, mask, _, advantages = collate(shares[0], [0], pad_id=0, bos_id=1)
+    penalised = [int(t) for t, a in zip(targets[0], advantages[0]) if a == -1.0]
+    assert tokenizer.decode(penalised) == "25, Resulting Numbers: [1, 25]"
+    assert mask[0, :len(prompt) - 1].sum() == 0 and (advantages[0][mask[0] == 0] == 0).all()
