@@ -22,11 +22,18 @@ def _spanned(text: str) -> list[str]:
     return [text[start:end] for start, end in wrong_spans(text)]
 
 
-def test_a_wrong_line_is_wrong_from_its_first_wrong_part_to_its_end():
+def test_only_the_wrong_part_of_a_wrong_line_is_spanned():
+    """A list that copies a wrong result, and the right result of a repeated operation, are right given their prefix."""
     text = STATE + RIGHT + WRONG_RESULT + REPEATED + WRONG_LIST
-    assert _spanned(text) == ["25, Resulting Numbers: [1, 25]", "8+3=11, Resulting Numbers: [1, 11]", "3, 8]"]
+    assert _spanned(text) == ["25", "8+3", "3, 8"]
     counts = count_lines(text)  # the diagnostics read the same checks
     assert (counts["arithmetic"], counts["distinct"], counts["result_list"], counts["arithmetic_total"]) == (3, 3, 3, 4)
+
+
+def test_a_wrong_operand_answers_for_its_line_not_the_list_after_it():
+    text = STATE + "Exploring Operation: 3+9=12, Resulting Numbers: [8, 1, 12]\n"
+    assert _spanned(text) == ["3+9"]
+    assert count_lines(text)["result_list"] == 0  # the diagnostics still count the list wrong
 
 
 def test_join_blocks_and_lines_without_a_state_are_not_checked():
@@ -42,7 +49,7 @@ def test_marks_cover_only_the_generated_tokens_of_the_wrong_part():
     marks = marks_of(np.asarray(prompt + output), len(prompt))
     assert len(marks) == len(output)
     marked = tokenizer.decode([t for t, m in zip(output, marks) if m])
-    assert marked == "25, Resulting Numbers: [1, 25]"
+    assert marked == "25"
     # a wrong line that sits in the prompt (an earlier call's output) is not this sequence's to answer for
     prompt = tokenizer.encode("<s>" + STATE + WRONG_RESULT)
     output = tokenizer.encode(RIGHT)
@@ -73,9 +80,9 @@ def test_build_shares_subtracts_the_penalty_even_from_a_failed_program():
     advantages = {tuple(ids): a for ids, a in zip(shares[0]["tokens"], shares[0]["advantages"])}
     solved, failed = (advantages[tuple(s)] for s in sequences)
     assert set(solved.tolist()) == {1.0}
-    wrong = tokenizer.encode("25, Resulting Numbers: [1, 25]")
+    wrong = tokenizer.encode("25")
     assert counts["penalised_tokens"] == len(wrong) == int((failed == -0.5).sum())
-    assert failed[-1] == 0.0  # the newline after the wrong part is not marked
+    assert failed[-1] == 0.0 and failed[0] == 0.0  # only the wrong result, not the line around it
 
 
 def test_collated_advantages_line_up_with_the_tokens_they_score():
@@ -89,5 +96,5 @@ def test_collated_advantages_line_up_with_the_tokens_they_score():
     shares, _ = build_shares([group], 1, 0.0, "reward", line_penalty=1.0, wrong_tokens=WrongTokens(tokenizer))
     ids, targets, mask, _, advantages = collate(shares[0], [0], pad_id=0, bos_id=1)
     penalised = [int(t) for t, a in zip(targets[0], advantages[0]) if a == -1.0]
-    assert tokenizer.decode(penalised) == "25, Resulting Numbers: [1, 25]"
+    assert tokenizer.decode(penalised) == "25"
     assert mask[0, :len(prompt) - 1].sum() == 0 and (advantages[0][mask[0] == 0] == 0).all()

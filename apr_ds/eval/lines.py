@@ -72,19 +72,24 @@ def count_lines(text: str) -> Counter:
     return counts
 
 
-# Where a wrong skill's text begins in its line's match: the part the model got wrong runs from there to the line's end
-# (a wrong operand or a repeated operation is wrong from the first operand on; a wrong result from the result on).
-_WRONG_FROM_GROUP = {"operands": 1, "distinct": 1, "arithmetic": 4, "result_list": 5, "target": 2}
+# The part of its line each wrong skill names, as (first, last) regex group: only the tokens that were wrong given
+# what came before them. The rest of the line can be right given its prefix (the right result of a repeated
+# operation, a list that faithfully copies a wrong result), and pushing it down would teach the model to stop
+# computing or copying faithfully (docs/results.md, configuration 20).
+_WRONG_GROUPS = {"operands": (1, 3), "distinct": (1, 3), "arithmetic": (4, 4), "result_list": (5, 5), "target": (2, 2)}
 
 
 def wrong_spans(text: str) -> list[tuple[int, int]]:
-    """Character spans [start, end) of `text` that a checked line got wrong: from its first wrong part to its end."""
-    spans = []
+    """Character spans [start, end) of `text` that a checked line got wrong: each wrong skill's own part."""
+    spans = set()
     for start, m, verdicts in checked_lines(text):
-        wrong = [m.start(_WRONG_FROM_GROUP[skill]) for skill, right in verdicts.items() if not right]
-        if wrong:
-            spans.append((start + min(wrong), start + m.end()))
-    return spans
+        for skill, right in verdicts.items():
+            # With a wrong operand no resulting list is right: the wrong operand is the mistake to answer for
+            if right or (skill == "result_list" and not verdicts["operands"]):
+                continue
+            first, last = _WRONG_GROUPS[skill]
+            spans.add((start + m.start(first), start + m.end(last)))
+    return sorted(spans)
 
 
 def line_diagnostics(texts) -> dict:

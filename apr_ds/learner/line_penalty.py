@@ -1,11 +1,12 @@
-"""Which generated tokens RL's line penalty (rl.line_penalty) pushes down: the wrong part of a checked line.
+"""Which generated tokens RL's line penalty (rl.line_penalty) pushes down: the wrong parts of checked lines.
 
 Countdown's outcome reward credits a solved program's every token, including the arithmetic slips of the
 branches it explored and abandoned, and on the cpu task that credit drifted the per-line arithmetic down
 (docs/results.md, configuration 19). Every `Exploring Operation` and `Generated Node` line can be checked on
 its own against the state it was written under (eval/lines.py), so a wrong line is a verifiable mistake
-whatever the program's outcome. The learner gives the tokens of such a line, from its first wrong part to its
-end, the advantage A_program - rl.line_penalty (loss.py takes per-token advantages).
+whatever the program's outcome. The learner gives the tokens of a line's wrong part (a wrong result, a repeated
+or impossible operation, a wrong list or target; not the rest of the line, which can be right given its prefix)
+the advantage A_program - rl.line_penalty (loss.py takes per-token advantages).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ _SAMPLE = "Current State: 24:[3, 8, 1], Operations: []\nExploring Operation: 3+8
 
 
 class WrongTokens:
-    """Marks, per generated token of a sequence, whether it lies in a wrong line's wrong part (1.0) or not (0.0)."""
+    """Marks, per generated token of a sequence, whether it lies in a wrong part of a checked line (1.0) or not (0.0)."""
 
     def __init__(self, tokenizer):
         self.piece = lru_cache(maxsize=None)(lambda i: tokenizer.decode([i], skip_special_tokens=True))
