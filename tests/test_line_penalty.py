@@ -36,6 +36,13 @@ def test_a_wrong_operand_answers_for_its_line_not_the_list_after_it():
     assert count_lines(text)["result_list"] == 0  # the diagnostics still count the list wrong
 
 
+def test_an_operation_with_no_right_result_answers_for_itself_not_its_result():
+    smaller_first = "Exploring Operation: 1-8=7, Resulting Numbers: [3, 7]\n"
+    inexact = "Exploring Operation: 8/3=2, Resulting Numbers: [1, 2]\n"
+    wrong_result = "Exploring Operation: 8-1=6, Resulting Numbers: [3, 6]\n"
+    assert _spanned(STATE + smaller_first + inexact + wrong_result) == ["1-8", "8/3", "6"]
+
+
 def test_join_blocks_and_lines_without_a_state_are_not_checked():
     join = "<Sub Searches>\n" + STATE + WRONG_RESULT + "<End Sub Searches>\n"
     assert _spanned(WRONG_RESULT + join) == []

@@ -27,14 +27,14 @@ def _ints(text: str) -> list[int]:
     return [int(x) for x in text.split(", ")] if text else []
 
 
+def _has_a_right_result(a: int, sign: str, b: int) -> bool:
+    return not (sign == "-" and a < b) and not (sign == "/" and (b == 0 or a % b))
+
+
 def _arithmetic_ok(a: int, sign: str, b: int, c: int) -> bool:
-    if sign == "+":
-        return a + b == c
-    if sign == "*":
-        return a * b == c
-    if sign == "-":
-        return a >= b and a - b == c
-    return b != 0 and a % b == 0 and a // b == c
+    if not _has_a_right_result(a, sign, b):
+        return False
+    return c == {"+": lambda: a + b, "*": lambda: a * b, "-": lambda: a - b, "/": lambda: a // b}[sign]()
 
 
 def checked_lines(text: str):
@@ -75,7 +75,9 @@ def count_lines(text: str) -> Counter:
 # The part of its line each wrong skill names, as (first, last) regex group: only the tokens that were wrong given
 # what came before them. The rest of the line can be right given its prefix (the right result of a repeated
 # operation, a list that faithfully copies a wrong result), and pushing it down would teach the model to stop
-# computing or copying faithfully (docs/results.md, configuration 20).
+# computing or copying faithfully (docs/results.md, configuration 20). An operation with no right result (a smaller
+# number first, an inexact division) is the operation's mistake, not its result's: blamed on the result, the
+# operation went unpenalised and the model wrote more of them (configuration 21).
 _WRONG_GROUPS = {"operands": (1, 3), "distinct": (1, 3), "arithmetic": (4, 4), "result_list": (5, 5), "target": (2, 2)}
 
 
@@ -88,6 +90,8 @@ def wrong_spans(text: str) -> list[tuple[int, int]]:
             if right or (skill == "result_list" and not verdicts["operands"]):
                 continue
             first, last = _WRONG_GROUPS[skill]
+            if skill == "arithmetic" and not _has_a_right_result(int(m.group(1)), m.group(2), int(m.group(3))):
+                first, last = _WRONG_GROUPS["operands"]
             spans.add((start + m.start(first), start + m.end(last)))
     return sorted(spans)
 
