@@ -52,3 +52,16 @@ def test_join_blocks_are_not_counted_and_empty_input_is_nan():
     assert all(math.isnan(v["right"]) and v["lines"] == 0 for v in empty.values())
     both = line_diagnostics([TRACE, TRACE])
     assert both["arithmetic"] == {"right": 8 / 12, "lines": 12}
+
+
+def test_operator_counts_split_the_arithmetic_by_operator():
+    from apr_ds.eval.lines import operator_counts
+    counts = operator_counts([TRACE])
+    # -: 8-3=5 right, 5-2=3 right, 2-5=3 (smaller first); *: 8*3=25 wrong, 5*5=25 right; +: 9+2=11 (right sum of
+    # an absent operand); /: none. The join block's 1+1=7 is not counted.
+    assert counts["-"] == {"lines": 3, "right": 2, "no_right_result": 1}
+    assert counts["*"] == {"lines": 2, "right": 1, "no_right_result": 0}
+    assert counts["+"] == {"lines": 1, "right": 1, "no_right_result": 0}
+    assert counts["/"] == {"lines": 0, "right": 0, "no_right_result": 0}
+    inexact = "Current State: 3:[7, 2], Operations: []\nExploring Operation: 7/2=3, Resulting Numbers: [3]\n"
+    assert operator_counts([inexact])["/"] == {"lines": 1, "right": 0, "no_right_result": 1}

@@ -96,6 +96,20 @@ def wrong_spans(text: str) -> list[tuple[int, int]]:
     return sorted(spans)
 
 
+def operator_counts(texts) -> dict:
+    """Per operator (+ * - /): explored lines, how many have the right result, and how many have no right result at
+    all (a smaller number first, an inexact division). RL with `rl.line_penalty` can avoid an operator instead of
+    getting it right (docs/results.md, configuration 22); the per-line arithmetic alone does not show that."""
+    counts = {sign: Counter() for sign in "+*-/"}
+    for text in texts:
+        for _, m, verdicts in checked_lines(text):
+            if "arithmetic" in verdicts:
+                a, sign, b = int(m.group(1)), m.group(2), int(m.group(3))
+                counts[sign].update(lines=1, right=verdicts["arithmetic"],
+                                    no_right_result=not _has_a_right_result(a, sign, b))
+    return {sign: {key: c[key] for key in ("lines", "right", "no_right_result")} for sign, c in counts.items()}
+
+
 def line_diagnostics(texts) -> dict:
     """Fraction right per skill over all threads' texts, with the number of lines behind each."""
     counts: Counter = Counter()
