@@ -23,7 +23,11 @@ $(STAMP): pyproject.toml constraints/cpu.txt
 install: $(STAMP)
 
 # DeepSpeed JIT-builds its CPU communication op on first use (~40 s); build it once, cached in ~/.cache/torch_extensions.
+# A process killed while it held the build's lock leaves the lock behind, and every later launch then waits on it
+# forever without a word; a build takes under a minute, so a lock older than 10 minutes is such a leftover.
+TORCH_EXTENSIONS ?= $(or $(TORCH_EXTENSIONS_DIR),$(HOME)/.cache/torch_extensions)
 ops: install
+	@find $(TORCH_EXTENSIONS) -path '*deepspeed_shm_comm/lock' -mmin +10 -printf 'removing a stale build lock left by a killed process: %p\n' -delete 2>/dev/null || true
 	$(BIN)/python -c "from deepspeed.accelerator import get_accelerator as g; g().create_op_builder('ShareMemCommBuilder').load()" >/dev/null
 
 demo: install ops
