@@ -20,6 +20,9 @@ def test_exhaustive_solver():
     assert solve(Problem((1, 1), 3)) is None
     ops = solve(Problem((22, 26, 31, 53), 27))
     assert ops is not None and len(ops) == 3
+    assert solve(Problem((6, 3), 2)) == ["6/3=2"]
+    assert solve(Problem((6, 3), 2), operators="+-*") is None  # only a division reaches 2
+    assert solve(Problem((6, 2, 1), 3), operators="+-*") is not None
 
 
 def _small_task(**kw):

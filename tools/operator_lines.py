@@ -13,20 +13,11 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from functools import lru_cache
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from apr_ds.eval.lines import operator_counts  # noqa: E402
-from apr_ds.tasks.countdown import successors  # noqa: E402
-
-
-@lru_cache(maxsize=200_000)
-def _solvable_without_division(nums: tuple[int, ...], target: int) -> bool:
-    if len(nums) == 1:
-        return nums[0] == target
-    return any(_solvable_without_division(tuple(sorted(new)), target)
-               for new, op in successors(nums) if "/" not in op)
+from apr_ds.tasks.countdown import Problem, solve  # noqa: E402
 
 
 def summarise(path: Path) -> dict:
@@ -39,11 +30,12 @@ def summarise(path: Path) -> dict:
                 texts.extend(thread["text"] for thread in row["threads"])
             except (json.JSONDecodeError, KeyError, TypeError) as e:
                 raise ValueError(f"{path}:{number}: not an eval trajectory ({type(e).__name__}: {e})") from None
-            needs = not _solvable_without_division(tuple(sorted(nums)), target)
+            needs = solve(Problem(tuple(nums), target), operators="+-*") is None
+            correct = bool(row.get("correct"))
             problems += 1
-            solved += bool(row.get("correct"))
+            solved += correct
             needs_division += needs
-            solved_needing_division += needs and bool(row.get("correct"))
+            solved_needing_division += needs and correct
     return {"file": str(path), "problems": problems, "solved": solved, "need_division": needs_division,
             "solved_needing_division": solved_needing_division, "operators": operator_counts(texts)}
 

@@ -57,20 +57,26 @@ def successors(nums: tuple[int, ...] | list[int]) -> list[tuple[list[int], str]]
     return out
 
 
+OPERATORS = "+-*/"
+
+
 @lru_cache(maxsize=200_000)
-def _solve_sorted(nums: tuple[int, ...], target: int) -> tuple[str, ...] | None:
+def _solve_sorted(nums: tuple[int, ...], target: int, operators: str) -> tuple[str, ...] | None:
     if len(nums) == 1:
         return () if nums[0] == target else None
     for new_nums, op in successors(nums):
-        rest = _solve_sorted(tuple(sorted(new_nums)), target)
+        # An operation string holds exactly one operator (no number is negative)
+        if operators != OPERATORS and not any(sign in op for sign in operators):
+            continue
+        rest = _solve_sorted(tuple(sorted(new_nums)), target, operators)
         if rest is not None:
             return (op,) + rest
     return None
 
 
-def solve(problem: Problem) -> list[str] | None:
-    """One solution (a list of operation strings) by exhaustive search, or None."""
-    found = _solve_sorted(tuple(sorted(problem.nums)), problem.target)
+def solve(problem: Problem, operators: str = OPERATORS) -> list[str] | None:
+    """One solution (a list of operation strings) by exhaustive search using only `operators`, or None."""
+    found = _solve_sorted(tuple(sorted(problem.nums)), problem.target, operators)
     return list(found) if found is not None else None
 
 
