@@ -27,6 +27,11 @@ def _ints(text: str) -> list[int]:
     return [int(x) for x in text.split(", ")] if text else []
 
 
+def _operation(m) -> tuple[int, str, int]:
+    """(a, sign, b) of an `Exploring Operation` match."""
+    return int(m.group(1)), m.group(2), int(m.group(3))
+
+
 def _has_a_right_result(a: int, sign: str, b: int) -> bool:
     return not (sign == "-" and a < b) and not (sign == "/" and (b == 0 or a % b))
 
@@ -50,7 +55,7 @@ def checked_lines(text: str):
         if m := STATE_RE.match(line):
             state, explored = (int(m.group(1)), _ints(m.group(2))), set()
         elif (m := EXPLORE_RE.match(line)) and state is not None:
-            a, sign, b, c = int(m.group(1)), m.group(2), int(m.group(3)), int(m.group(4))
+            (a, sign, b), c = _operation(m), int(m.group(4))
             pool = Counter(state[1])
             operands_ok = pool[a] >= 1 and pool[b] >= 1 and (a != b or pool[a] >= 2)
             expected = (pool - Counter([a, b])) + Counter([c]) if operands_ok else None
@@ -90,7 +95,7 @@ def wrong_spans(text: str) -> list[tuple[int, int]]:
             if right or (skill == "result_list" and not verdicts["operands"]):
                 continue
             first, last = _WRONG_GROUPS[skill]
-            if skill == "arithmetic" and not _has_a_right_result(int(m.group(1)), m.group(2), int(m.group(3))):
+            if skill == "arithmetic" and not _has_a_right_result(*_operation(m)):
                 first, last = _WRONG_GROUPS["operands"]
             spans.add((start + m.start(first), start + m.end(last)))
     return sorted(spans)
@@ -104,9 +109,9 @@ def operator_counts(texts) -> dict:
     for text in texts:
         for _, m, verdicts in checked_lines(text):
             if "arithmetic" in verdicts:
-                a, sign, b = int(m.group(1)), m.group(2), int(m.group(3))
-                counts[sign].update(lines=1, right=verdicts["arithmetic"],
-                                    no_right_result=not _has_a_right_result(a, sign, b))
+                operation = _operation(m)
+                counts[operation[1]].update(lines=1, right=verdicts["arithmetic"],
+                                            no_right_result=not _has_a_right_result(*operation))
     return {sign: {key: c[key] for key in ("lines", "right", "no_right_result")} for sign, c in counts.items()}
 
 
