@@ -23,12 +23,9 @@ $(STAMP): pyproject.toml constraints/cpu.txt
 install: $(STAMP)
 
 # DeepSpeed JIT-builds its CPU communication op on first use (~40 s); build it once, cached in ~/.cache/torch_extensions.
-# A process killed while it held the build's lock leaves the lock behind, and every later launch then waits on it
-# forever without a word; a build takes under a minute, so a lock older than 10 minutes is such a leftover.
-TORCH_EXTENSIONS ?= $(or $(TORCH_EXTENSIONS_DIR),$(HOME)/.cache/torch_extensions)
+# A lock left behind by a killed process is removed first (apr_ds.learner.engine.remove_stale_build_lock).
 ops: install
-	@find $(TORCH_EXTENSIONS) -path '*deepspeed_shm_comm/lock' -mmin +10 -printf 'removing a stale build lock left by a killed process: %p\n' -delete 2>/dev/null || true
-	$(BIN)/python -c "from deepspeed.accelerator import get_accelerator as g; g().create_op_builder('ShareMemCommBuilder').load()" >/dev/null
+	$(BIN)/python -c "from apr_ds.learner.engine import build_comm_op; build_comm_op()" >/dev/null
 
 demo: install ops
 	$(BIN)/apr-ds demo

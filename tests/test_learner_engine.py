@@ -1,13 +1,16 @@
-"""The DeepSpeed config checks against the YAML and the learning-rate schedule (no process group needed)."""
+"""The DeepSpeed config checks against the YAML, the learning-rate schedule and the comm op's build lock (no process
+group needed)."""
 
 import json
 import math
+import os
+import time
 
 import pytest
 
 from apr_ds.config import SFTConfig, load_config
 from apr_ds.errors import UserError
-from apr_ds.learner.engine import DS_CONFIG_DIR, load_ds_config, lr_at, param_groups
+from apr_ds.learner.engine import DS_CONFIG_DIR, STALE_LOCK_S, load_ds_config, lr_at, param_groups, remove_stale_build_lock
 
 
 def sft(**changes):
@@ -96,3 +99,21 @@ def test_weight_decay_skips_norm_gains():
     assert decay["weight_decay"] == 0.01 and no_decay["weight_decay"] == 0.0
     assert all(p.dim() == 2 for p in decay["params"]) and all(p.dim() == 1 for p in no_decay["params"])
     assert len(decay["params"]) + len(no_decay["params"]) == len(list(model.parameters()))
+
+
+def test_only_a_stale_lock_on_the_comm_op_is_removed(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
+    now = time.time()
+    locks = {name: tmp_path / name / "lock" for name in
+             ("py311_cpu/deepspeed_shm_comm", "deepspeed_shm_comm", "py311_cpu/another_op")}
+    for name, lock in locks.items():
+        lock.parent.mkdir(parents=True)
+        lock.touch()
+        old = now - STALE_LOCK_S - 60
+        os.utime(lock, (old, old) if name != "deepspeed_shm_comm" else (now - 30, now - 30))
+    assert remove_stale_build_lock(now) == [locks["py311_cpu/deepspeed_shm_comm"]]
+    assert not locks["py311_cpu/deepspeed_shm_comm"].exists()
+    assert locks["deepspeed_shm_comm"].exists(), "a lock younger than a build may be a build in progress"
+    assert locks["py311_cpu/another_op"].exists(), "other ops' locks are not ours to judge"
+    assert str(locks["py311_cpu/deepspeed_shm_comm"]) in capsys.readouterr().err
+    assert remove_stale_build_lock(now) == []

@@ -21,6 +21,8 @@ import json
 import math
 import os
 import socket
+import sys
+import time
 import warnings
 from pathlib import Path
 
@@ -29,6 +31,8 @@ from apr_ds.errors import UserError
 DS_CONFIG_DIR = Path(__file__).resolve().parents[2] / "ds_configs"
 _WORLD_SIZE_ENV = ("WORLD_SIZE", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE")
 _LAUNCHER_ENV = ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "LOCAL_RANK")
+COMM_OP = "deepspeed_shm_comm"
+STALE_LOCK_S = 600
 
 
 # ---------------------------------------------------------------------------- the DeepSpeed config
@@ -113,6 +117,36 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def remove_stale_build_lock(now: float | None = None) -> list[Path]:
+    """Removes a lock on DeepSpeed's CPU comm op older than STALE_LOCK_S, and says so; returns what it removed.
+
+    torch takes that lock every time a process builds or loads the op. A process killed meanwhile leaves it behind,
+    and every later launch then waits on it forever without a word. A build takes under a minute, so a lock older
+    than 10 minutes is such a leftover.
+    """
+    from torch.utils.cpp_extension import get_default_build_root
+    root = Path(os.environ.get("TORCH_EXTENSIONS_DIR") or get_default_build_root())
+    now = time.time() if now is None else now
+    removed = []
+    for lock in [root / COMM_OP / "lock", *root.glob(f"*/{COMM_OP}/lock")]:
+        try:
+            if now - lock.stat().st_mtime > STALE_LOCK_S:
+                lock.unlink()
+                removed.append(lock)
+                print(f"removed a stale build lock left by a killed process: {lock}", file=sys.stderr, flush=True)
+        except FileNotFoundError:  # absent, or another rank removed it first
+            pass
+    return removed
+
+
+def build_comm_op() -> None:
+    """Builds (once per machine, about 40 s) or loads DeepSpeed's CPU comm op: `make ops` runs this up front."""
+    use_cpu_accelerator_if_no_gpu()
+    remove_stale_build_lock()
+    from deepspeed.accelerator import get_accelerator
+    get_accelerator().create_op_builder("ShareMemCommBuilder").load()
+
+
 def init_distributed() -> None:
     """Join the process group: NCCL on GPUs, gloo on CPU.
 
@@ -121,6 +155,7 @@ def init_distributed() -> None:
     machine never collide on a fixed default. Without any launcher this is a world of one.
     """
     use_cpu_accelerator_if_no_gpu()
+    remove_stale_build_lock()  # joining the group loads the comm op, which waits forever on a leftover lock
     # DeepSpeed calls collectives torch 2.13 renamed; the FutureWarning repeats on every step and says nothing to us.
     warnings.filterwarnings("ignore", message=r"`torch\.distributed\.\w+` is deprecated", category=FutureWarning)
     import deepspeed
