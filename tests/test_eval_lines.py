@@ -65,3 +65,34 @@ def test_operator_counts_split_the_arithmetic_by_operator():
     assert counts["/"] == {"lines": 0, "right": 0, "no_right_result": 0}
     inexact = "Current State: 3:[7, 2], Operations: []\nExploring Operation: 7/2=3, Resulting Numbers: [3]\n"
     assert operator_counts([inexact])["/"] == {"lines": 1, "right": 0, "no_right_result": 1}
+
+
+def test_a_complete_line_that_does_not_parse_is_badly_formatted_and_checked_for_nothing_else():
+    trace = ("Current State: 24:[3, 8, 2, 5], Operations: []\n"
+             "Exploring Operation: 22+38=]\n"                       # stopped before its result
+             "Current State: 19 unequal: No Solution\n"
+             "Exploring Operation: 8-3=5, Resulting Numbers: [2, 5, 5]\n"
+             "Generated Node #0,0: 24:[2, 5, 5] Operation: 8-3=5\n"
+             "Moving to Node #0,0\n"                                # not a checked line at all
+             "Exploring Operation: 2+5=")                           # cut by the context: not judged
+    counts = count_lines(trace)
+    assert (counts["format"], counts["format_total"]) == (3, 5)
+    assert counts["operands_total"] == 1 and counts["target_total"] == 1
+
+
+def _solver_texts(run):
+    yield from run.main_calls
+    for children in getattr(run, "sub_calls", []):
+        for child in children:
+            yield from _solver_texts(child)
+
+
+def test_every_line_the_solvers_write_is_well_formed():
+    from apr_ds.config import SolverConfig
+    from apr_ds.tasks.countdown import Problem
+    from apr_ds.tasks.solvers import problem_rng, solve_apr, solve_sosp
+    problems = [Problem((3 + i % 7, 8, 2 + i % 5, 5 + i % 11), 10 + i % 20) for i in range(40)]
+    for solve in (solve_sosp, solve_apr):
+        texts = [t for i, p in enumerate(problems) for t in _solver_texts(solve(p, SolverConfig(), problem_rng(0, "x", i)))]
+        diagnostics = line_diagnostics(texts)
+        assert diagnostics["format"]["lines"] > 500 and diagnostics["format"]["right"] == 1.0, solve.__name__

@@ -105,3 +105,9 @@ def test_collated_advantages_line_up_with_the_tokens_they_score():
     penalised = [int(t) for t, a in zip(targets[0], advantages[0]) if a == -1.0]
     assert tokenizer.decode(penalised) == "25"
     assert mask[0, :len(prompt) - 1].sum() == 0 and (advantages[0][mask[0] == 0] == 0).all()
+
+
+def test_a_line_that_does_not_parse_answers_for_all_of_itself():
+    garbled = "Exploring Operation: 3+8=]\n"  # the result left out, so no other check could catch it
+    assert _spanned(STATE + garbled + RIGHT) == ["Exploring Operation: 3+8=]"]
+    assert _spanned(STATE + "Exploring Operation: 3+8=") == []  # a last line the context cut is not judged

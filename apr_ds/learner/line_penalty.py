@@ -5,8 +5,9 @@ branches it explored and abandoned, and on the cpu task that credit drifted the 
 (docs/results.md, configuration 19). Every `Exploring Operation` and `Generated Node` line can be checked on
 its own against the state it was written under (eval/lines.py), so a wrong line is a verifiable mistake
 whatever the program's outcome. The learner gives the tokens of a line's wrong part (a wrong result, a repeated
-or impossible operation, a wrong list or target; not the rest of the line, which can be right given its prefix)
-the advantage A_program - rl.line_penalty (loss.py takes per-token advantages).
+or impossible operation, a wrong list or target; not the rest of the line, which can be right given its prefix;
+all of a line that does not parse, which would otherwise escape every check) the advantage
+A_program - rl.line_penalty (loss.py takes per-token advantages).
 """
 
 from __future__ import annotations
