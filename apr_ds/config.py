@@ -294,7 +294,8 @@ class RLConfig:
     line_penalty: float = 0.0
     """Subtracted from the advantage of the tokens a checked line got wrong (an `Exploring Operation`'s impossible or
     repeated operation, wrong result or wrong resulting list; a `Generated Node`'s wrong target; all of a state,
-    operation or node line that does not parse), whatever the program's outcome (learner/line_penalty.py). 0 = off: the outcome alone, as APR."""
+    operation or node line that does not parse), whatever the program's outcome (learner/line_penalty.py).
+    0 = off: the outcome alone, as APR."""
     advantage: str = "group_norm"
     """`group_norm` (GRPO, APR's trainer): (R - group mean) / group std. `reward`: A = R, REINFORCE without a
     baseline, which with the 0/1 reward trains only on solved programs (rejection-sampling fine-tuning done on-policy)."""

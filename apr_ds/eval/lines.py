@@ -27,12 +27,8 @@ from apr_ds.lang.render import JOIN_CLOSE, JOIN_OPEN
 from apr_ds.lang.syntax import EXPLORE_RE, GENERATED_RE, STATE_RE
 
 SKILLS = ("operands", "arithmetic", "result_list", "distinct", "target", "format")
-_CHECKED = (("Current State:", STATE_RE), ("Exploring Operation:", EXPLORE_RE), ("Generated Node", GENERATED_RE))
+_CHECKED_PREFIXES = ("Current State:", "Exploring Operation:", "Generated Node")
 _WHOLE_LINE = re.compile(r".*")
-
-
-def _malformed(line: str) -> bool:
-    return any(line.startswith(prefix) and not pattern.match(line) for prefix, pattern in _CHECKED)
 
 
 def _ints(text: str) -> list[int]:
@@ -65,12 +61,12 @@ def checked_lines(text: str):
             in_join = not line.startswith(JOIN_CLOSE)
             continue
         well_formed = {"format": True} if complete else {}
-        if complete and _malformed(line):
-            yield start, _WHOLE_LINE.match(line), {"format": False}
-        elif m := STATE_RE.match(line):
+        if m := STATE_RE.match(line):
             state, explored = (int(m.group(1)), _ints(m.group(2))), set()
             yield start, m, well_formed
-        elif (m := EXPLORE_RE.match(line)) and state is not None:
+        elif m := EXPLORE_RE.match(line):
+            if state is None:
+                continue
             (a, sign, b), c = _operation(m), int(m.group(4))
             pool = Counter(state[1])
             operands_ok = pool[a] >= 1 and pool[b] >= 1 and (a != b or pool[a] >= 2)
@@ -80,8 +76,11 @@ def checked_lines(text: str):
                              "result_list": expected is not None and Counter(_ints(m.group(5))) == expected,
                              "distinct": operation not in explored, **well_formed}
             explored.add(operation)
-        elif (m := GENERATED_RE.match(line)) and state is not None:
-            yield start, m, {"target": int(m.group(2)) == state[0], **well_formed}
+        elif m := GENERATED_RE.match(line):
+            if state is not None:
+                yield start, m, {"target": int(m.group(2)) == state[0], **well_formed}
+        elif complete and line.startswith(_CHECKED_PREFIXES):  # starts like a checked line, parses as none
+            yield start, _WHOLE_LINE.match(line), {"format": False}
 
 
 def count_lines(text: str) -> Counter:
