@@ -4,13 +4,16 @@ group needed)."""
 import json
 import math
 import os
+import sys
 import time
+from pathlib import Path
 
 import pytest
 
 from apr_ds.config import SFTConfig, load_config
 from apr_ds.errors import UserError
-from apr_ds.learner.engine import DS_CONFIG_DIR, STALE_LOCK_S, load_ds_config, lr_at, param_groups, remove_stale_build_lock
+from apr_ds.learner.engine import (DS_CONFIG_DIR, STALE_LOCK_S, load_ds_config, lr_at, param_groups, remove_stale_build_lock,
+                                   use_venv_extension_dir)
 
 
 def sft(**changes):
@@ -117,3 +120,24 @@ def test_only_a_stale_lock_on_the_comm_op_is_removed(tmp_path, monkeypatch, caps
     assert locks["py311_cpu/another_op"].exists(), "other ops' locks are not ours to judge"
     assert str(locks["py311_cpu/deepspeed_shm_comm"]) in capsys.readouterr().err
     assert remove_stale_build_lock(now) == []
+
+
+def test_ops_are_built_under_the_venv_unless_told_otherwise(tmp_path, monkeypatch):
+    monkeypatch.delenv("TORCH_EXTENSIONS_DIR", raising=False)
+    monkeypatch.setattr(sys, "prefix", str(tmp_path / "venv"))
+    monkeypatch.setattr(sys, "base_prefix", "/usr")
+    use_venv_extension_dir()
+    assert os.environ["TORCH_EXTENSIONS_DIR"] == str(tmp_path / "venv" / "torch_extensions")
+    lock = tmp_path / "venv" / "torch_extensions" / "py311_cpu" / "deepspeed_shm_comm" / "lock"
+    lock.parent.mkdir(parents=True)
+    lock.touch()
+    assert remove_stale_build_lock(time.time() + STALE_LOCK_S + 60) == [lock], "the lock is looked for where the op is built"
+
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path / "mine"))
+    use_venv_extension_dir()
+    assert os.environ["TORCH_EXTENSIONS_DIR"] == str(tmp_path / "mine"), "the user's choice wins"
+
+    monkeypatch.delenv("TORCH_EXTENSIONS_DIR")
+    monkeypatch.setattr(sys, "base_prefix", sys.prefix)  # no venv: torch's own default
+    use_venv_extension_dir()
+    assert "TORCH_EXTENSIONS_DIR" not in os.environ
