@@ -27,6 +27,7 @@ import sys
 import time
 from pathlib import Path
 
+from apr_ds.dist.roles import mpiexec_command
 from apr_ds.errors import UserError
 
 SHIPPED = Path(__file__).resolve().parents[1] / "checkpoints" / "cpu"
@@ -56,11 +57,6 @@ def _run(stage: str, args: list[str], env: dict | None = None) -> float:
     return time.time() - started
 
 
-def _mpiexec() -> str:
-    local = os.path.join(os.path.dirname(sys.executable), "mpiexec")
-    return local if os.path.exists(local) else "mpiexec"
-
-
 def main(args) -> int:
     from apr_ds.cli import config_from_args
     cfg = config_from_args(args)
@@ -83,8 +79,8 @@ def fresh_pipeline(run_dir: Path, args, times: dict) -> None:
     for method in ("sosp", "apr"):
         print(f"\n=== sft {method}: 2 ZeRO-3 ranks", flush=True)
         t0 = time.time()
-        proc = subprocess.run([_mpiexec(), "-n", "2", sys.executable, "-m", "apr_ds.cli", "sft", *common,
-                               f"sft.method={method}", f"sft.steps={args.sft_steps}"], env={**os.environ, **one_thread})
+        proc = subprocess.run(mpiexec_command(2, ["sft", *common, f"sft.method={method}", f"sft.steps={args.sft_steps}"]),
+                              env={**os.environ, **one_thread})
         if proc.returncode:
             raise UserError(f"demo stage 'sft {method}' failed (exit code {proc.returncode}); its output is above")
         times[f"sft_{method}"] = time.time() - t0
