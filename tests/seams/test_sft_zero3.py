@@ -102,7 +102,7 @@ def test_two_rank_zero3_loss_goes_down(straight):
 @pytest.mark.skipif("TORCH_EXTENSIONS_DIR" in os.environ or sys.prefix == sys.base_prefix,
                     reason="ops go under the venv only when in a venv and TORCH_EXTENSIONS_DIR is unset")
 def test_the_comm_op_the_ranks_load_is_built_under_the_venv(straight):
-    built = list((Path(sys.prefix) / "torch_extensions").glob("*/deepspeed_shm_comm/deepspeed_shm_comm.so"))
+    built = list((Path(sys.prefix) / "torch_extensions").glob("**/deepspeed_shm_comm.so"))
     assert built, "DeepSpeed's CPU comm op was built outside this venv (~/.cache is shared by every checkout)"
 
 
