@@ -23,7 +23,7 @@ $(STAMP): pyproject.toml constraints/cpu.txt
 install: $(STAMP)
 
 # DeepSpeed JIT-builds its CPU communication op on first use (~40 s); build it once, cached in .venv/torch_extensions
-# (one build per checkout: apr_ds.learner.engine.use_venv_extension_dir).
+# by the venv's ninja (one build per checkout: apr_ds.learner.engine.use_venv_for_jit_builds).
 # A lock left behind by a killed process is removed first (apr_ds.learner.engine.remove_stale_build_lock).
 ops: install
 	$(BIN)/python -c "from apr_ds.learner.engine import build_comm_op; build_comm_op()" >/dev/null

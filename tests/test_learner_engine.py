@@ -13,7 +13,7 @@ import pytest
 from apr_ds.config import SFTConfig, load_config
 from apr_ds.errors import UserError
 from apr_ds.learner.engine import (DS_CONFIG_DIR, STALE_LOCK_S, load_ds_config, lr_at, param_groups, remove_stale_build_lock,
-                                   use_venv_extension_dir)
+                                   use_venv_for_jit_builds)
 
 
 def sft(**changes):
@@ -122,22 +122,46 @@ def test_only_a_stale_lock_on_the_comm_op_is_removed(tmp_path, monkeypatch, caps
     assert remove_stale_build_lock(now) == []
 
 
-def test_ops_are_built_under_the_venv_unless_told_otherwise(tmp_path, monkeypatch):
+def test_ops_are_built_under_the_venv_by_its_ninja_unless_told_otherwise(tmp_path, monkeypatch):
+    venv_bin = tmp_path / "venv" / "bin"
+    venv_bin.mkdir(parents=True)
+    (venv_bin / "ninja").touch()
     monkeypatch.delenv("TORCH_EXTENSIONS_DIR", raising=False)
+    monkeypatch.setenv("PATH", "/usr/bin")
     monkeypatch.setattr(sys, "prefix", str(tmp_path / "venv"))
     monkeypatch.setattr(sys, "base_prefix", "/usr")
-    use_venv_extension_dir()
+    monkeypatch.setattr(sys, "executable", str(venv_bin / "python"))
+    use_venv_for_jit_builds()
+    use_venv_for_jit_builds()  # every rank calls it; PATH gains the venv once
     assert os.environ["TORCH_EXTENSIONS_DIR"] == str(tmp_path / "venv" / "torch_extensions")
+    assert os.environ["PATH"] == f"{venv_bin}{os.pathsep}/usr/bin", "the venv's ninja comes first, whoever launched us"
     lock = tmp_path / "venv" / "torch_extensions" / "deepspeed_shm_comm" / "lock"  # torch adds no py311_cpu/ here
     lock.parent.mkdir(parents=True)
     lock.touch()
     assert remove_stale_build_lock(time.time() + STALE_LOCK_S + 60) == [lock], "the lock is looked for where the op is built"
 
     monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path / "mine"))
-    use_venv_extension_dir()
+    use_venv_for_jit_builds()
     assert os.environ["TORCH_EXTENSIONS_DIR"] == str(tmp_path / "mine"), "the user's choice wins"
 
     monkeypatch.delenv("TORCH_EXTENSIONS_DIR")
-    monkeypatch.setattr(sys, "base_prefix", sys.prefix)  # no venv: torch's own default
-    use_venv_extension_dir()
-    assert "TORCH_EXTENSIONS_DIR" not in os.environ
+    monkeypatch.setenv("PATH", "/usr/bin")
+    monkeypatch.setattr(sys, "base_prefix", sys.prefix)  # no venv: torch's own defaults
+    use_venv_for_jit_builds()
+    assert "TORCH_EXTENSIONS_DIR" not in os.environ and os.environ["PATH"] == "/usr/bin"
+
+
+@pytest.mark.skipif(sys.prefix == sys.base_prefix or "TORCH_EXTENSIONS_DIR" in os.environ,
+                    reason="ops are built under the venv only when in a venv and TORCH_EXTENSIONS_DIR is unset")
+def test_a_launch_with_or_without_the_venv_on_path_does_not_rebuild_the_comm_op():
+    """Debian's ninja and the venv's hash a build differently; a rank without the venv on PATH rebuilt the op."""
+    import subprocess
+    build = [sys.executable, "-c", "from apr_ds.learner.engine import build_comm_op; build_comm_op()"]
+    venv_bin = str(Path(sys.executable).parent)
+    others = [d for d in os.environ.get("PATH", "").split(os.pathsep) if d and d != venv_bin]
+    env = {k: v for k, v in os.environ.items() if k != "TORCH_EXTENSIONS_DIR"}
+    log = Path(sys.prefix) / "torch_extensions" / "deepspeed_shm_comm" / ".ninja_log"
+    subprocess.run(build, env={**env, "PATH": os.pathsep.join([venv_bin, *others])}, check=True, timeout=600)
+    before = log.read_text()
+    subprocess.run(build, env={**env, "PATH": os.pathsep.join(others)}, check=True, timeout=600)
+    assert log.read_text() == before, "the comm op was rebuilt by a launch without the venv on PATH"

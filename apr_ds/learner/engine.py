@@ -111,15 +111,23 @@ def use_cpu_accelerator_if_no_gpu() -> None:
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
 
 
-def use_venv_extension_dir() -> None:
-    """JIT-built ops (DeepSpeed's CPU comm op) go under the virtualenv, unless TORCH_EXTENSIONS_DIR says otherwise.
+def use_venv_for_jit_builds() -> None:
+    """JIT-built ops (DeepSpeed's CPU comm op) are built under the virtualenv, by the virtualenv's ninja.
 
-    torch's default, ~/.cache/torch_extensions, is shared by every checkout on the machine, and its build file names
-    the venv's own paths: two checkouts used in turn rebuild the op each time (about a minute), and one rebuilding
-    it rewrites the library under another that is running. Outside a venv torch's default stays.
+    torch's default build folder, ~/.cache/torch_extensions, is shared by every checkout on the machine, and its
+    build file names the venv's own paths: two checkouts used in turn rebuild the op each time (about a minute), and
+    one rebuilding it rewrites the library under another that is running. torch runs whichever `ninja` is first on
+    PATH, and ninja 1.11 (Debian's) and 1.13 (the venv's, a DeepSpeed dependency) hash a build command differently,
+    so each finds the other's build out of date: a rank launched with the venv on PATH and one without rebuilt the op
+    every time they alternated (three builds in one test suite).
+    TORCH_EXTENSIONS_DIR, when set, wins. Outside a venv torch's defaults stay.
     """
-    if sys.prefix != sys.base_prefix:
-        os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(Path(sys.prefix) / "torch_extensions"))
+    if sys.prefix == sys.base_prefix:
+        return
+    os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(Path(sys.prefix) / "torch_extensions"))
+    bin_dir = str(Path(sys.executable).parent)
+    if (Path(bin_dir) / "ninja").exists() and os.environ.get("PATH", "").split(os.pathsep)[0] != bin_dir:
+        os.environ["PATH"] = bin_dir + os.pathsep + os.environ.get("PATH", "")
 
 
 def _free_port() -> int:
@@ -153,7 +161,7 @@ def remove_stale_build_lock(now: float | None = None) -> list[Path]:
 def build_comm_op() -> None:
     """Builds (once per machine, about 40 s) or loads DeepSpeed's CPU comm op: `make ops` runs this up front."""
     use_cpu_accelerator_if_no_gpu()
-    use_venv_extension_dir()
+    use_venv_for_jit_builds()
     remove_stale_build_lock()
     from deepspeed.accelerator import get_accelerator
     get_accelerator().create_op_builder("ShareMemCommBuilder").load()
@@ -167,7 +175,7 @@ def init_distributed() -> None:
     machine never collide on a fixed default. Without any launcher this is a world of one.
     """
     use_cpu_accelerator_if_no_gpu()
-    use_venv_extension_dir()
+    use_venv_for_jit_builds()
     remove_stale_build_lock()  # joining the group loads the comm op, which waits forever on a leftover lock
     # DeepSpeed calls collectives torch 2.13 renamed; the FutureWarning repeats on every step and says nothing to us.
     warnings.filterwarnings("ignore", message=r"`torch\.distributed\.\w+` is deprecated", category=FutureWarning)
