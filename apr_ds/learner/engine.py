@@ -125,9 +125,9 @@ def use_venv_for_jit_builds() -> None:
     if sys.prefix == sys.base_prefix:
         return
     os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(Path(sys.prefix) / "torch_extensions"))
-    bin_dir = str(Path(sys.executable).parent)
-    if (Path(bin_dir) / "ninja").exists() and os.environ.get("PATH", "").split(os.pathsep)[0] != bin_dir:
-        os.environ["PATH"] = bin_dir + os.pathsep + os.environ.get("PATH", "")
+    bin_dir, path = Path(sys.executable).parent, os.environ.get("PATH", "")
+    if (bin_dir / "ninja").exists() and path.split(os.pathsep)[0] != str(bin_dir):
+        os.environ["PATH"] = f"{bin_dir}{os.pathsep}{path}"
 
 
 def _free_port() -> int:
@@ -158,11 +158,17 @@ def remove_stale_build_lock(now: float | None = None) -> list[Path]:
     return removed
 
 
-def build_comm_op() -> None:
-    """Builds (once per machine, about 40 s) or loads DeepSpeed's CPU comm op: `make ops` runs this up front."""
+def _prepare_to_load_comm_op() -> None:
+    """What a process does before DeepSpeed builds or loads its CPU comm op. The order matters: the stale lock is
+    looked for in the build folder use_venv_for_jit_builds chose."""
     use_cpu_accelerator_if_no_gpu()
     use_venv_for_jit_builds()
     remove_stale_build_lock()
+
+
+def build_comm_op() -> None:
+    """Builds (once per checkout, about 40 s) or loads DeepSpeed's CPU comm op: `make ops` runs this up front."""
+    _prepare_to_load_comm_op()
     from deepspeed.accelerator import get_accelerator
     get_accelerator().create_op_builder("ShareMemCommBuilder").load()
 
@@ -174,9 +180,7 @@ def init_distributed() -> None:
     MPI discovery fills it in; we only choose the port (rank 0 picks a free one) so that two jobs on one
     machine never collide on a fixed default. Without any launcher this is a world of one.
     """
-    use_cpu_accelerator_if_no_gpu()
-    use_venv_for_jit_builds()
-    remove_stale_build_lock()  # joining the group loads the comm op, which waits forever on a leftover lock
+    _prepare_to_load_comm_op()  # joining the group loads the comm op
     # DeepSpeed calls collectives torch 2.13 renamed; the FutureWarning repeats on every step and says nothing to us.
     warnings.filterwarnings("ignore", message=r"`torch\.distributed\.\w+` is deprecated", category=FutureWarning)
     import deepspeed
