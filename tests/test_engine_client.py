@@ -6,8 +6,9 @@ import asyncio
 import pytest
 from aiohttp import web
 
+from apr_ds.dist.ports import free_port
 from apr_ds.rollout.client import Generation, RolloutClient, ServerError
-from engine_fixtures import free_port, run
+from engine_fixtures import run
 
 
 class CountingServer:

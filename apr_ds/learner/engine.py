@@ -20,12 +20,12 @@ from __future__ import annotations
 import json
 import math
 import os
-import socket
 import sys
 import time
 import warnings
 from pathlib import Path
 
+from apr_ds.dist.ports import free_port
 from apr_ds.errors import UserError
 
 DS_CONFIG_DIR = Path(__file__).resolve().parents[2] / "ds_configs"
@@ -130,12 +130,6 @@ def use_venv_for_jit_builds() -> None:
         os.environ["PATH"] = f"{bin_dir}{os.pathsep}{path}"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("", 0))
-        return s.getsockname()[1]
-
-
 def remove_stale_build_lock(now: float | None = None) -> list[Path]:
     """Removes a lock on DeepSpeed's CPU comm op older than STALE_LOCK_S, and says so; returns what it removed.
 
@@ -191,12 +185,12 @@ def init_distributed() -> None:
         deepspeed.init_distributed(dist_backend=backend)
     elif world_size_from_env() > 1:  # an MPI world
         from mpi4py import MPI
-        port = MPI.COMM_WORLD.bcast(_free_port() if MPI.COMM_WORLD.Get_rank() == 0 else None, root=0)
+        port = MPI.COMM_WORLD.bcast(free_port("0.0.0.0") if MPI.COMM_WORLD.Get_rank() == 0 else None, root=0)
         deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=True, distributed_port=port, verbose=False)
     else:
         for name, value in (("RANK", "0"), ("LOCAL_RANK", "0"), ("WORLD_SIZE", "1"), ("MASTER_ADDR", "127.0.0.1")):
             os.environ.setdefault(name, value)
-        os.environ.setdefault("MASTER_PORT", str(_free_port()))
+        os.environ.setdefault("MASTER_PORT", str(free_port("0.0.0.0")))
         deepspeed.init_distributed(dist_backend=backend)
     if backend == "nccl":
         get_accelerator().set_device(int(os.environ.get("LOCAL_RANK", "0")))
