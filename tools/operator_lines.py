@@ -1,11 +1,12 @@
-"""Arithmetic per operator in evaluations' trajectories, and how each did on the problems that need a division.
+"""Arithmetic per operator in evaluations' trajectories, how each did on the problems that need a division, and lines that do not parse.
 
     python tools/operator_lines.py runs/x/eval/apr_sft.trajectories.jsonl runs/x/eval/apr_rl.trajectories.jsonl
 
 For each file: per operator (+ * - /) the explored lines, the fraction right and how many have no right result
 (a smaller number first, an inexact division); then how many of its problems cannot be solved without a division,
 and how many of those it solved. A model trained with `rl.line_penalty` can stop dividing instead of dividing
-right (docs/results.md, configuration 22); this shows whether that costs it problems.
+right (docs/results.md, configuration 22); this shows whether that costs it problems. Last, per 1,000 problems, the
+complete `Current State` / `Exploring Operation` / `Generated Node` lines that do not parse (configurations 23-24).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from apr_ds.eval.lines import operator_counts  # noqa: E402
+from apr_ds.eval.lines import malformed_counts, operator_counts  # noqa: E402
 from apr_ds.tasks.countdown import Problem, solve  # noqa: E402
 
 
@@ -37,7 +38,8 @@ def summarise(path: Path) -> dict:
             needs_division += needs
             solved_needing_division += needs and correct
     return {"file": str(path), "problems": problems, "solved": solved, "need_division": needs_division,
-            "solved_needing_division": solved_needing_division, "operators": operator_counts(texts)}
+            "solved_needing_division": solved_needing_division, "operators": operator_counts(texts),
+            "malformed": malformed_counts(texts)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -50,14 +52,16 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, ValueError) as e:
         print(f"operator_lines: error: {e}", file=sys.stderr)
         return 2
-    print(f"{'file':<40} {'+':>17} {'*':>17} {'-':>23} {'/':>23}  need / solved of them")
+    print(f"{'file':<40} {'+':>17} {'*':>17} {'-':>23} {'/':>23}  need / solved of them  "
+          "malformed per 1,000 problems: state / operation / node")
     for s in summaries:
         cells = []
         for sign, c in s["operators"].items():
             right = f"{c['right'] / c['lines']:.3f}" if c["lines"] else "  -  "
             cells.append(f"{c['lines']:>7,} {right}" + (f" inv {c['no_right_result']:>4}" if sign in "-/" else ""))
         print(f"{Path(s['file']).name[:40]:<40} {cells[0]:>17} {cells[1]:>17} {cells[2]:>23} {cells[3]:>23}  "
-              f"{s['need_division']} / {s['solved_needing_division']}")
+              f"{s['need_division']:>4} / {s['solved_needing_division']:<14} "
+              + " / ".join(f"{1000 * n / max(s['problems'], 1):.0f}" for n in s["malformed"].values()))
     if args.out:
         args.out.write_text(json.dumps(summaries, indent=2) + "\n")
     return 0

@@ -132,6 +132,19 @@ def operator_counts(texts) -> dict:
     return {sign: {key: c[key] for key in ("lines", "right", "no_right_result")} for sign, c in counts.items()}
 
 
+def malformed_counts(texts) -> dict:
+    """Complete lines that start like a `Current State`, `Exploring Operation` or `Generated Node` line and do not
+    parse, by kind. RL can trade a checked mistake for an unparsable line (configuration 22), which the per-skill
+    fractions hide: the line leaves every other skill's count."""
+    kinds = {"Current State:": "state", "Exploring Operation:": "operation", "Generated Node": "node"}
+    counts = Counter({kind: 0 for kind in kinds.values()})
+    for text in texts:
+        for start, _, verdicts in checked_lines(text):
+            if verdicts.get("format") is False:
+                counts[next(kind for prefix, kind in kinds.items() if text.startswith(prefix, start))] += 1
+    return dict(counts)
+
+
 def line_diagnostics(texts) -> dict:
     """Fraction right per skill over all threads' texts, with the number of lines behind each."""
     counts: Counter = Counter()
