@@ -37,3 +37,14 @@ def test_the_range_is_read_from_proc_or_defaults_to_linuxs(tmp_path):
     range_file.write_text("40000\t50000\n")
     assert ports.ephemeral_range(str(range_file)) == (40000, 50000)
     assert ports.ephemeral_range(str(tmp_path / "missing")) == (32768, 60999)
+
+
+def test_processes_that_seeded_random_alike_do_not_pick_alike():
+    import random
+    pairs = []
+    for _ in range(5):
+        random.seed(0)
+        first = ports.free_port()
+        random.seed(0)
+        pairs.append((first, ports.free_port()))
+    assert any(a != b for a, b in pairs)

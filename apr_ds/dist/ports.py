@@ -28,7 +28,8 @@ def ephemeral_range(path: str = "/proc/sys/net/ipv4/ip_local_port_range") -> tup
 def free_port(host: str = "127.0.0.1") -> int:
     low, _ = ephemeral_range()
     candidates = range(_FIRST_PORT, low)
-    for port in random.sample(candidates, min(_TRIES, len(candidates))):
+    # SystemRandom: processes that seeded `random` alike (rollout ranks of one run) must not pick alike
+    for port in random.SystemRandom().sample(candidates, min(_TRIES, len(candidates))):
         if _can_bind(host, port):
             return port
     with socket.socket() as sock:  # no room below the ephemeral range: let the kernel choose
