@@ -27,7 +27,8 @@ from apr_ds.lang.render import JOIN_CLOSE, JOIN_OPEN
 from apr_ds.lang.syntax import EXPLORE_RE, GENERATED_RE, STATE_RE
 
 SKILLS = ("operands", "arithmetic", "result_list", "distinct", "target", "format")
-_CHECKED_PREFIXES = ("Current State:", "Exploring Operation:", "Generated Node")
+_LINE_KINDS = {"Current State:": "state", "Exploring Operation:": "operation", "Generated Node": "node"}
+_CHECKED_PREFIXES = tuple(_LINE_KINDS)
 _WHOLE_LINE = re.compile(r".*")
 
 
@@ -136,12 +137,11 @@ def malformed_counts(texts) -> dict:
     """Complete lines that start like a `Current State`, `Exploring Operation` or `Generated Node` line and do not
     parse, by kind. RL can trade a checked mistake for an unparsable line (configuration 22), which the per-skill
     fractions hide: the line leaves every other skill's count."""
-    kinds = {"Current State:": "state", "Exploring Operation:": "operation", "Generated Node": "node"}
-    counts = Counter({kind: 0 for kind in kinds.values()})
+    counts = Counter({kind: 0 for kind in _LINE_KINDS.values()})
     for text in texts:
         for start, _, verdicts in checked_lines(text):
             if verdicts.get("format") is False:
-                counts[next(kind for prefix, kind in kinds.items() if text.startswith(prefix, start))] += 1
+                counts[next(kind for prefix, kind in _LINE_KINDS.items() if text.startswith(prefix, start))] += 1
     return dict(counts)
 
 

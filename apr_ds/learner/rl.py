@@ -23,6 +23,7 @@ import numpy as np
 
 from apr_ds.dist.messages import (CONTROL, SERVER_STATUS, Go, Ready, Regroup, ServerBack, ServerDown, Setup, Stop,
                                  WeightUpdate)
+from apr_ds.dist.ports import free_port
 from apr_ds.dist.transport import balance, group_waiting, recv_group, scatter_shares
 from apr_ds.errors import UserError
 from apr_ds.log import ScalarWriter, get_logger
@@ -390,7 +391,6 @@ def _run(cfg, roles, model_dir, out, resume, ds_config, settings) -> dict:
         batcher.dropped_groups = state["dropped_groups"]
         import socket
         from apr_ds.dist.roles import export_learner_env  # noqa: F401
-        from apr_ds.dist.ports import free_port
         address, port = socket.gethostbyname(socket.gethostname()), free_port("0.0.0.0")  # regroup() reuses address
         base, extra = divmod(rl.prompts_per_step, roles.num_rollouts)
         for index in range(roles.num_rollouts):
@@ -410,7 +410,6 @@ def _run(cfg, roles, model_dir, out, resume, ds_config, settings) -> dict:
         """A restarted server cannot rejoin the old group (a process group keeps its dead member): build a new one."""
         nonlocal group
         from apr_ds.dist.weight_group import destroy_weight_group
-        from apr_ds.dist.ports import free_port
         destroy_weight_group(group)
         port = free_port("0.0.0.0")
         for index in range(roles.num_rollouts):
