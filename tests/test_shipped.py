@@ -1,5 +1,6 @@
-"""The checkpoints shipped in checkpoints/cpu/ (trained by the cpu preset; docs/results.md): every file matches
-the sha256 in MANIFEST.json, each model loads with transformers, and it writes the trace language."""
+"""The checkpoints shipped in checkpoints/cpu/ (trained on the cpu preset with the overrides MANIFEST.json records;
+docs/results.md): every file matches the sha256 in MANIFEST.json, each model loads with transformers, and it writes
+the trace language."""
 
 import hashlib
 import json
