@@ -41,8 +41,8 @@ done
 # RL from the stage-2 APR model, the shipped apr_rl recipe (docs/results.md configurations 25-27): A = R with a
 # per-line penalty and a KL term, 32 prompts x 8 a step, 1 learner + 2 rollout ranks sharing both cores; 10 steps
 # (about 75 min). The shipped run was set for 20 and stopped at 10: the same training (RL's lr is constant).
-$A rl --preset cpu run_dir=runs/cpu_solved rl.init_model=runs/cpu_solved/sft/apr/hf rl.advantage=reward rl.beta=0.01 \
-    rl.line_penalty=1.0 rl.prompts_per_step=32 rl.lr=1e-4 rl.steps=10 rl.rollout_ranks=2 "rl.rollout_cpus=[0,1]"
+$A rl --preset cpu run_dir=runs/cpu_solved rl.advantage=reward rl.beta=0.01 rl.line_penalty=1.0 rl.prompts_per_step=32 \
+    rl.steps=10 rl.rollout_ranks=2 "rl.rollout_cpus=[0,1]"
 $A eval --preset cpu run_dir=runs/cpu_solved --model runs/cpu_solved/rl/hf --method apr --tag _rl
 
 $A report runs/cpu_solved --out runs/cpu_solved/report
