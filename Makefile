@@ -10,7 +10,7 @@ export OMP_NUM_THREADS ?= 1
 export DS_ACCELERATOR ?= cpu
 export PYTHONWARNINGS ?= ignore::FutureWarning
 
-.PHONY: install demo test test-fast ops clean
+.PHONY: install sglang demo test test-fast ops clean
 
 $(STAMP): pyproject.toml constraints/cpu.txt
 	$(PYTHON) -m venv $(VENV)
@@ -22,6 +22,15 @@ $(STAMP): pyproject.toml constraints/cpu.txt
 
 install: $(STAMP)
 
+# Real SGLang on CPU, in a venv of its own, for the tests that talk to SGLang itself (tools/sglang_venv.sh).
+SGLANG_VENV ?= .venv-sglang
+SGLANG_STAMP := $(SGLANG_VENV)/.installed
+$(SGLANG_STAMP): constraints/sglang-cpu.txt tools/sglang_venv.sh $(wildcard tools/sglang_cpu/*.py tools/sglang_cpu/*/*.py)
+	tools/sglang_venv.sh $(SGLANG_VENV)
+	touch $(SGLANG_STAMP)
+
+sglang: $(SGLANG_STAMP)
+
 # DeepSpeed JIT-builds its CPU communication op on first use (~40 s); build it once, cached in .venv/torch_extensions
 # by the venv's ninja (one build per checkout: apr_ds.learner.engine.use_venv_for_jit_builds).
 # A lock left behind by a killed process is removed first (apr_ds.learner.engine.remove_stale_build_lock).
@@ -31,11 +40,12 @@ ops: install
 demo: install ops
 	$(BIN)/apr-ds demo
 
-test: install ops
-	$(BIN)/python -m pytest -q
+# The SGLang tests are part of the suite: with APR_SGLANG_PYTHON set they fail, not skip, if SGLang is missing.
+test: install ops sglang
+	APR_SGLANG_PYTHON=$(abspath $(SGLANG_VENV))/bin/python $(BIN)/python -m pytest -q
 
 test-fast: install
 	$(BIN)/python -m pytest -q -m "not slow"
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache .hypothesis
+	rm -rf $(VENV) $(SGLANG_VENV) runs .pytest_cache .hypothesis
