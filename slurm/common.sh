@@ -37,7 +37,9 @@ apr_setup() {  # stage
     export TORCH_NCCL_ASYNC_ERROR_HANDLING=${TORCH_NCCL_ASYNC_ERROR_HANDLING:-1}
     export NCCL_DEBUG=${NCCL_DEBUG:-WARN}
     # The MPI wire-up srun offers the ranks: pmi2 for the pip `mpich` wheel (it has no PMIx client);
-    # pmix for an MPI built against PMIx (Open MPI 5, HPC-X). `srun --mpi=list` shows what the cluster has.
+    # pmix for PMIx-only stacks (Open MPI 5, HPC-X), which have no PMI-2 client, so under pmi2 their ranks
+    # cannot find each other: `APR_SRUN_MPI=pmix sbatch slurm/train.sbatch ...`, with mpi4py built against that
+    # MPI (not the mpich wheel). `srun --mpi=list` shows what the cluster has.
     APR_SRUN_MPI=${APR_SRUN_MPI:-pmi2}
 
     local root=${APR_LOG_ROOT:-${SLURM_SUBMIT_DIR:-$PWD}/logs}

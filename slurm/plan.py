@@ -14,8 +14,11 @@ RL layout (ranks 0..L-1 learners, L..L+R-1 rollout ranks, as `apr-ds rl` assigns
     rl.learner_ranks), the rest rollout nodes. Learner nodes run APR_LEARNER_RANKS_PER_NODE ranks (default:
     the GPUs per node, 1 without GPUs); rollout nodes run APR_ROLLOUT_RANKS_PER_NODE ranks (default: GPUs per
     node / APR_ROLLOUT_GPUS, 1 without GPUs). L and R then follow from the nodes and are passed on as overrides.
-GPUs: a learner sees every GPU of its node and takes the one of its node-local learner index (LOCAL_RANK);
-a rollout rank sees only its own APR_ROLLOUT_GPUS GPUs (CUDA_VISIBLE_DEVICES), after the learners' on that node.
+GPUs (apr_ds/dist/placement.py): a learner sees every GPU of its node and takes the one of its node-local learner
+index (LOCAL_RANK); a rollout rank's server gets the next APR_ROLLOUT_GPUS GPUs after the learners' on that node
+(default: the --tp-size in rl.server_args, 1 without one). ranks.tsv's last column holds *positions* in the list of
+GPUs slurm gave the node ("0,1" = its first two), not device indices: task.sh maps them through the task's
+CUDA_VISIBLE_DEVICES (or SLURM_STEP_GPUS / SLURM_JOB_GPUS), which need not start at 0 or be contiguous.
 """
 
 from __future__ import annotations
@@ -65,8 +68,8 @@ def resolve_config(command: str, args: list[str]):
 
 
 def rl_layout(cfg, hosts: list[str], gpus: int) -> tuple[list[tuple[str, str, str]], int, int]:
-    """[(host, role, CUDA_VISIBLE_DEVICES or '')] per rank, and (L, R)."""
-    rollout_gpus = env_int("APR_ROLLOUT_GPUS", 1) or 1
+    """[(host, role, GPU positions on that node or '')] per rank, and (L, R)."""
+    rollout_gpus = gpus_per_server(cfg)
     if len(hosts) == 1:
         learners, rollouts = cfg.rl.learner_ranks, cfg.rl.rollout_ranks
         per_host = {hosts[0]: (learners, rollouts)}
@@ -76,7 +79,7 @@ def rl_layout(cfg, hosts: list[str], gpus: int) -> tuple[list[tuple[str, str, st
         rollout_per_node = env_int("APR_ROLLOUT_RANKS_PER_NODE", (gpus // rollout_gpus) if gpus else 1)
         if learner_per_node < 1 or rollout_per_node < 1:
             sys.exit(f"plan.py: need at least one rank per node: learner {learner_per_node}, rollout {rollout_per_node} "
-                     f"({gpus} GPUs per node, APR_ROLLOUT_GPUS={rollout_gpus})")
+                     f"({gpus} GPUs per node, {rollout_gpus} per server)")
         learner_nodes = env_int("APR_LEARNER_NODES", math.ceil(cfg.rl.learner_ranks / learner_per_node))
         if not 1 <= learner_nodes < len(hosts):
             sys.exit(f"plan.py: {learner_nodes} learner nodes out of {len(hosts)} leaves no rollout node (or no learner "
@@ -84,19 +87,43 @@ def rl_layout(cfg, hosts: list[str], gpus: int) -> tuple[list[tuple[str, str, st
         learner_hosts, rollout_hosts = hosts[:learner_nodes], hosts[learner_nodes:]
         per_host = {h: (learner_per_node, 0) for h in learner_hosts} | {h: (0, rollout_per_node) for h in rollout_hosts}
         learners, rollouts = learner_nodes * learner_per_node, len(rollout_hosts) * rollout_per_node
-    ranks: list[tuple[str, str, str]] = []
-    for host in learner_hosts:  # ranks 0..L-1
-        ranks += [(host, "learner", "")] * per_host[host][0]
-    for host in rollout_hosts:  # ranks L..L+R-1
-        first = per_host[host][0]  # the learners of this node hold GPUs 0..first-1
-        for index in range(per_host[host][1]):
-            start = first + index * rollout_gpus
-            devices = ",".join(str(g) for g in range(start, start + rollout_gpus)) if gpus else ""
-            if gpus and start + rollout_gpus > gpus:
-                sys.exit(f"plan.py: {host} has {gpus} GPUs, too few for {per_host[host][0]} learner ranks and "
-                         f"{per_host[host][1]} rollout ranks of {rollout_gpus} GPU(s) each")
-            ranks.append((host, "rollout", devices))
+    roles = [(host, "learner") for host in learner_hosts for _ in range(per_host[host][0])]  # ranks 0..L-1
+    roles += [(host, "rollout") for host in rollout_hosts for _ in range(per_host[host][1])]  # ranks L..L+R-1
+    positions = gpu_positions(roles, gpus, rollout_gpus)
+    ranks = [(host, role, positions[rank] if role == "rollout" else "") for rank, (host, role) in enumerate(roles)]
     return ranks, learners, rollouts
+
+
+def gpus_per_server(cfg) -> int:
+    """GPUs per rollout rank's server: APR_ROLLOUT_GPUS, else SGLang's --tp-size in rl.server_args (1 without)."""
+    from apr_ds.dist.placement import tp_size_from_server_args
+    from apr_ds.errors import UserError
+    try:
+        tp_size = tp_size_from_server_args(cfg.rl.server_args)
+    except UserError as e:
+        sys.exit(f"plan.py: {e}")
+    rollout_gpus = env_int("APR_ROLLOUT_GPUS", tp_size) or tp_size
+    if rollout_gpus < tp_size:
+        sys.exit(f"plan.py: APR_ROLLOUT_GPUS={rollout_gpus} gives each server fewer GPUs than --tp-size {tp_size} in "
+                 f"rl.server_args needs; unset APR_ROLLOUT_GPUS (it follows --tp-size) or raise it")
+    return rollout_gpus
+
+
+def gpu_positions(roles: list[tuple[str, str]], gpus: int, per_server: int) -> list[str]:
+    """Per rank, its GPUs as positions in its node's GPU list ("0,1"; '' without GPUs), by the same rule the
+    launchers without slurm use (apr_ds/dist/placement.py): learners first, then each server its own."""
+    from apr_ds.dist.placement import plan_node
+    from apr_ds.errors import UserError
+    positions = [""] * len(roles)
+    for host in dict.fromkeys(host for host, _ in roles):
+        on_host = [(rank, role) for rank, (h, role) in enumerate(roles) if h == host]
+        try:
+            plan = plan_node(on_host, tp_size=per_server, device_count=gpus, node=host)
+        except UserError as e:
+            sys.exit(f"plan.py: {e}")
+        for rank, devices in plan.items():
+            positions[rank] = ",".join(devices)
+    return positions
 
 
 def uniform_layout(hosts: list[str], gpus: int, role: str) -> list[tuple[str, str, str]]:

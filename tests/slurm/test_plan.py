@@ -1,6 +1,7 @@
 """slurm/plan.py: where train.sbatch puts learner and rollout ranks, and which GPUs each sees (no slurm needed).
 
-The multi-node GPU layouts cannot run here; their arithmetic is checked instead.
+The multi-node GPU layouts cannot run here; their arithmetic is checked instead. A rank's GPUs are positions in its
+node's GPU list (task.sh maps them to devices: test_task_sh.py).
 """
 
 import importlib.util
@@ -22,8 +23,9 @@ def load_plan():
 plan = load_plan()
 
 
-def cfg(learners, rollouts):
-    return SimpleNamespace(rl=SimpleNamespace(learner_ranks=learners, rollout_ranks=rollouts))
+def cfg(learners, rollouts, server_args=()):
+    return SimpleNamespace(rl=SimpleNamespace(learner_ranks=learners, rollout_ranks=rollouts,
+                                              server_args=list(server_args)))
 
 
 @pytest.fixture(autouse=True)
@@ -62,11 +64,30 @@ def test_learner_nodes_default_from_the_yaml_and_tensor_parallel_servers(monkeyp
     assert [d for _, role, d in ranks if role == "rollout"][:4] == ["0,1", "2,3", "4,5", "6,7"]
 
 
+def test_servers_take_as_many_gpus_as_their_tp_size():
+    ranks, learners, rollouts = plan.rl_layout(cfg(16, 1, ["--tp-size", "2"]), ["a", "b", "c", "d"], gpus=8)
+    assert (learners, rollouts) == (16, 8)  # APR_ROLLOUT_GPUS follows --tp-size
+    assert [d for _, role, d in ranks if role == "rollout"][:4] == ["0,1", "2,3", "4,5", "6,7"]
+    ranks, _, _ = plan.rl_layout(cfg(2, 2, ["--tp", "2"]), ["g1"], gpus=6)
+    assert [d for _, _, d in ranks] == ["", "", "2,3", "4,5"]  # one node: after the learners' GPUs 0 and 1
+
+
+def test_a_server_given_fewer_gpus_than_its_tp_size_stops(monkeypatch):
+    monkeypatch.setenv("APR_ROLLOUT_GPUS", "1")
+    with pytest.raises(SystemExit, match="APR_ROLLOUT_GPUS=1 gives each server fewer GPUs than --tp-size 2"):
+        plan.rl_layout(cfg(1, 1, ["--tp-size", "2"]), ["g1"], gpus=8)
+
+
 def test_impossible_layouts_stop_with_the_reason(monkeypatch):
     with pytest.raises(SystemExit, match="leaves no rollout node"):
         plan.rl_layout(cfg(16, 1), ["a", "b"], gpus=8)
     with pytest.raises(SystemExit, match="too few"):
         plan.rl_layout(cfg(6, 3), ["a"], gpus=8)
+    with pytest.raises(SystemExit, match="rollout rank 3 needs 2 GPUs for --tp-size 2, but too few are left: node a"):
+        plan.rl_layout(cfg(2, 2, ["--tp-size", "2"]), ["a"], gpus=4)
+    monkeypatch.setenv("APR_LEARNER_RANKS_PER_NODE", "9")  # two learners would share a GPU
+    with pytest.raises(SystemExit, match="learner rank 8 needs a GPU"):
+        plan.rl_layout(cfg(9, 1), ["a", "b"], gpus=8)
 
 
 def test_the_command_line_writes_the_hostfile_and_overrides(tmp_path):
