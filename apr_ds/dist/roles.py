@@ -4,16 +4,18 @@ The world comes from whatever started us: `mpiexec`/`mpirun`, `srun` (PMI/PMIx),
 `deepspeed --launcher openmpi|mpich|slurm`. Learners then build their own torch.distributed group
 among themselves: `export_learner_env` shares MASTER_ADDR/MASTER_PORT over MPI and sets RANK,
 WORLD_SIZE and LOCAL_RANK from the learner sub-communicator, so DeepSpeed never sees the rollout ranks.
+Every rank listens on `Roles.host_address` only: 127.0.0.1 when all ranks share this machine (apr_ds/dist/net.py).
 """
 
 from __future__ import annotations
 
 import os
 import shutil
-import socket
 import sys
 from dataclasses import dataclass
 
+from apr_ds.dist.net import agree_on_host_address, loopback_mpi_env
+from apr_ds.dist.ports import reserve_port
 from apr_ds.errors import UserError
 
 # Set by the MPI process managers we know (MPICH/hydra, Open MPI, PMIx, slurm's PMI2).
@@ -26,12 +28,17 @@ def in_mpi_world() -> bool:
 
 def mpiexec_command(num_ranks: int, argv: list[str]) -> list[str]:
     """Re-launch this command under the mpiexec that belongs to our mpi4py (the venv's own, if any)."""
-    local = os.path.join(os.path.dirname(sys.executable), "mpiexec")
+    bin_dir = os.path.dirname(sys.executable)
+    local = os.path.join(bin_dir, "mpiexec")
     mpiexec = local if os.path.exists(local) else shutil.which("mpiexec") or shutil.which("mpirun")
     if mpiexec is None:
         raise UserError("no mpiexec found: install an MPI (`pip install mpich`, or your cluster's module) or start the "
                         "job under srun / mpirun yourself")
-    return [mpiexec, "-n", str(num_ranks), sys.executable, "-m", "apr_ds.cli", *argv]
+    options = []
+    if mpiexec == local and os.path.exists(os.path.join(bin_dir, "hydra_pmi_proxy")):  # the venv's MPICH
+        for name, value in loopback_mpi_env().items():
+            options += ["-genv", name, value]
+    return [mpiexec, *options, "-n", str(num_ranks), sys.executable, "-m", "apr_ds.cli", *argv]
 
 
 @dataclass
@@ -44,6 +51,10 @@ class Roles:
     num_rollouts: int
     role_comm: object
     """Learners among themselves, or rollout ranks among themselves."""
+    host_address: str
+    """What this rank listens on and advertises (apr_ds.dist.net.agree_on_host_address)."""
+    node_ranks: list[tuple[int, str]]
+    """(world rank, "learner" or "rollout") of every rank on this node: the input of the GPU placement plan."""
 
     @property
     def is_learner(self) -> bool:
@@ -72,20 +83,24 @@ def assign_roles(num_learners: int, num_rollouts: int) -> Roles:
         raise UserError(f"the MPI world has {size} ranks but rl.learner_ranks + rl.rollout_ranks = {num_learners} + "
                         f"{num_rollouts}; start {num_learners + num_rollouts} ranks or change the config")
     role_comm = world.Split(0 if rank < num_learners else 1, rank)
-    return Roles(world, rank, size, num_learners, num_rollouts, role_comm)
+    # here, before any rank starts a server or joins a group: they inherit what it sets for gloo and NCCL
+    host_address = agree_on_host_address(world)
+    node = world.Split_type(MPI.COMM_TYPE_SHARED, key=rank)
+    node_ranks = [(r, "learner" if r < num_learners else "rollout") for r in node.allgather(rank)]
+    node.Free()
+    return Roles(world, rank, size, num_learners, num_rollouts, role_comm, host_address, node_ranks)
 
 
 def export_learner_env(roles: Roles) -> None:
     """torch.distributed's environment for the learner group, agreed over MPI."""
+    export_torch_env(roles.role_comm, roles.host_address)
+
+
+def export_torch_env(comm, host_address: str) -> None:
+    """RANK, WORLD_SIZE, LOCAL_RANK and MASTER_ADDR/MASTER_PORT for a torch group of `comm`'s ranks. Rank 0 reserves
+    the port: it listens there (on its `host_address` only) until init_distributed hosts the store on that socket."""
     from mpi4py import MPI
-    comm = roles.role_comm
-    if comm.Get_rank() == 0:
-        with socket.socket() as s:
-            s.bind(("", 0))
-            port = s.getsockname()[1]
-        address = (socket.gethostbyname(socket.gethostname()), port)
-    else:
-        address = None
+    address = (host_address, reserve_port(host_address)) if comm.Get_rank() == 0 else None
     host, port = comm.bcast(address, root=0)
     node_comm = comm.Split_type(MPI.COMM_TYPE_SHARED, key=comm.Get_rank())
     os.environ.update(RANK=str(comm.Get_rank()), WORLD_SIZE=str(comm.Get_size()), LOCAL_RANK=str(node_comm.Get_rank()),

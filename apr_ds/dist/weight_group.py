@@ -6,6 +6,10 @@ PrefixStore(group_name), handed to torch's `_new_process_group_helper`. A plain
 `init_process_group` would use a different key layout and never rendezvous with SGLang.
 Both sides must call `init_weight_group` at the same time (each blocks until all ranks joined).
 
+Rank 0 hosts the store on a socket that listens on `master_address` alone (torch's own TCPStore would listen
+on every interface): the socket `apr_ds.dist.ports.reserve_port` set aside for that port, else one bound here.
+The other ranks connect with a plain `rendezvous("tcp://address:port")`, exactly as SGLang does.
+
 Tensors travel in a fixed order: the sender broadcasts a bucket's tensors in list order and every
 receiver allocates and receives them in the same order, from the (names, dtypes, shapes) lists that
 `/update_weights_from_distributed` carries.
@@ -25,6 +29,8 @@ import math
 import torch
 import torch.distributed as dist
 
+from apr_ds.errors import UserError
+
 DEFAULT_GROUP_NAME = "weight_update_group"
 DEFAULT_TIMEOUT_S = 300.0
 
@@ -42,8 +48,10 @@ def init_weight_group(master_address: str, master_port: int, rank: int, world_si
     if not 0 <= rank < world_size:
         raise ValueError(f"rank {rank} is outside a weight group of world_size {world_size}")
     timeout = datetime.timedelta(seconds=timeout_s)
-    # rank 0 hosts the TCPStore; the others connect to it.
-    store, rank, world_size = next(rendezvous(f"tcp://{master_address}:{master_port}", rank, world_size, timeout=timeout))
+    if rank == 0:
+        store = host_store(master_address, master_port, world_size, timeout)
+    else:  # what SGLang's init_custom_process_group does: keep it so, or the two stop meeting
+        store, rank, world_size = next(rendezvous(f"tcp://{master_address}:{master_port}", rank, world_size, timeout=timeout))
     store.set_timeout(timeout)
     store = PrefixStore(group_name, store)  # keeps our keys apart from any other user of the store
     group, _ = _new_process_group_helper(world_size, rank, [], Backend(backend or default_backend()), store,
@@ -51,6 +59,22 @@ def init_weight_group(master_address: str, master_port: int, rank: int, world_si
     # Register the identity rank map so torch.distributed.broadcast(..., group=group) can translate src.
     _world.pg_group_ranks[group] = {i: i for i in range(world_size)}
     return group
+
+
+def host_store(address: str, port: int, world_size: int, timeout: datetime.timedelta) -> dist.TCPStore:
+    """The TCPStore a rendezvous at tcp://address:port would start on rank 0, but listening on `address` only.
+    Blocks until `world_size` ranks (this one included) have connected, as that one does."""
+    from apr_ds.dist.ports import claim_port, listening_socket
+    listener = claim_port(address, port)
+    if listener is None:
+        try:
+            listener = listening_socket(address, port)
+        except OSError as e:
+            raise UserError(f"cannot listen on {address}:{port} for a rendezvous store ({e.strerror}); the address must "
+                            f"be one of this machine's (apr_ds/dist/net.py chooses it) and the port free") from None
+    # the store owns the socket from here, and closes it when it is destroyed
+    return dist.TCPStore(address, port, world_size, is_master=True, timeout=timeout, wait_for_workers=True,
+                         master_listen_fd=listener.detach(), use_libuv=True)
 
 
 def destroy_weight_group(group: dist.ProcessGroup) -> None:

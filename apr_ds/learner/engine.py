@@ -25,7 +25,7 @@ import time
 import warnings
 from pathlib import Path
 
-from apr_ds.dist.ports import free_port
+from apr_ds.dist.ports import claim_port, reserve_port
 from apr_ds.errors import UserError
 
 DS_CONFIG_DIR = Path(__file__).resolve().parents[2] / "ds_configs"
@@ -170,9 +170,12 @@ def build_comm_op() -> None:
 def init_distributed() -> None:
     """Join the process group: NCCL on GPUs, gloo on CPU.
 
-    Under torchrun or the deepspeed launcher the environment is complete. Under mpirun/srun DeepSpeed's
-    MPI discovery fills it in; we only choose the port (rank 0 picks a free one) so that two jobs on one
-    machine never collide on a fixed default. Without any launcher this is a world of one.
+    Under torchrun or the deepspeed launcher the environment is complete. Under mpirun/srun we fill it in from
+    MPI (DeepSpeed's own MPI discovery would advertise `hostname -I`'s first address even when every rank is on
+    this machine): the address from apr_ds/dist/net.py and a free port rank 0 reserves, so that two jobs on one
+    machine never collide on a fixed default. Without any launcher this is a world of one, on 127.0.0.1.
+    Rank 0 hosts the rendezvous store on that reserved socket, which listens on MASTER_ADDR only (a TCPStore
+    torch starts itself listens on every interface); the other ranks join as torch always does.
     """
     _prepare_to_load_comm_op()  # joining the group loads the comm op
     # DeepSpeed calls collectives torch 2.13 renamed; the FutureWarning repeats on every step and says nothing to us.
@@ -181,19 +184,51 @@ def init_distributed() -> None:
     from deepspeed.accelerator import get_accelerator
 
     backend = "nccl" if get_accelerator().device_name() == "cuda" else "gloo"
-    if all(name in os.environ for name in _LAUNCHER_ENV):
-        deepspeed.init_distributed(dist_backend=backend)
-    elif world_size_from_env() > 1:  # an MPI world
-        from mpi4py import MPI
-        port = MPI.COMM_WORLD.bcast(free_port("0.0.0.0") if MPI.COMM_WORLD.Get_rank() == 0 else None, root=0)
-        deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=True, distributed_port=port, verbose=False)
-    else:
-        for name, value in (("RANK", "0"), ("LOCAL_RANK", "0"), ("WORLD_SIZE", "1"), ("MASTER_ADDR", "127.0.0.1")):
-            os.environ.setdefault(name, value)
-        os.environ.setdefault("MASTER_PORT", str(free_port("0.0.0.0")))
-        deepspeed.init_distributed(dist_backend=backend)
+    if not all(name in os.environ for name in _LAUNCHER_ENV):
+        if world_size_from_env() > 1:  # an MPI world
+            _export_env_from_mpi()
+        else:
+            _export_env_of_one()
+    listener = claim_port(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]))
+    if listener is not None:
+        _host_default_group(listener, backend)
+    deepspeed.init_distributed(dist_backend=backend)  # adopts the group hosted above, if any
     if backend == "nccl":
         get_accelerator().set_device(int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def _export_env_from_mpi() -> None:
+    from mpi4py import MPI
+
+    from apr_ds.dist.net import agree_on_host_address
+    from apr_ds.dist.roles import export_torch_env
+    export_torch_env(MPI.COMM_WORLD, agree_on_host_address(MPI.COMM_WORLD))
+
+
+def _export_env_of_one() -> None:
+    from apr_ds.dist.net import LOOPBACK, keep_listeners_on
+    keep_listeners_on(LOOPBACK)
+    for name, value in (("RANK", "0"), ("LOCAL_RANK", "0"), ("WORLD_SIZE", "1"), ("MASTER_ADDR", LOOPBACK)):
+        os.environ.setdefault(name, value)
+    if "MASTER_PORT" not in os.environ:
+        os.environ["MASTER_PORT"] = str(reserve_port(os.environ["MASTER_ADDR"]))
+
+
+def _host_default_group(listener, backend: str) -> None:
+    """Rank 0: torch's default group over a store listening on `listener`, with what DeepSpeed would pass.
+    The store's keys carry the "default_pg" prefix torch's env:// rendezvous adds, so the other ranks meet it."""
+    import torch
+    import torch.distributed as dist
+    from deepspeed.constants import default_pg_timeout
+    from torch.distributed.distributed_c10d import PrefixStore
+
+    world_size = int(os.environ["WORLD_SIZE"])
+    store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world_size, is_master=True,
+                          timeout=default_pg_timeout, master_listen_fd=listener.detach(), use_libuv=True)
+    # DeepSpeed binds the device on GPUs when the group has peers; doing the same keeps rank 0 in step with them
+    device = {"device_id": torch.device("cuda", int(os.environ["LOCAL_RANK"]))} if backend == "nccl" and world_size > 1 else {}
+    dist.init_process_group(backend, store=PrefixStore("default_pg", store), rank=0, world_size=world_size,
+                            timeout=default_pg_timeout, **device)
 
 
 def close_distributed() -> None:
