@@ -25,7 +25,7 @@ import time
 import traceback
 from pathlib import Path
 
-from apr_ds.config import METHODS, RL_ADVANTAGES, RL_LOSS_AGGS
+from apr_ds.config import METHODS, RL_ADVANTAGES, RL_LOSS_AGGS, RL_SERVERS
 from apr_ds.errors import UserError
 
 
@@ -57,6 +57,15 @@ def validate(cfg) -> None:
         # a truncated sampler draws from another one (and top_k=1 is greedy decoding)
         raise UserError(f"rl needs untruncated sampling: rollout.top_p must be 1 and rollout.top_k -1, "
                         f"got {cfg.rollout.top_p} and {cfg.rollout.top_k}")
+    if rl.server not in RL_SERVERS:
+        raise UserError(f"rl.server must be {' or '.join(RL_SERVERS)}, got {rl.server!r}")
+    if rl.server == "url" and len(rl.server_urls) != rl.rollout_ranks:
+        raise UserError(f"rl.server=url needs one URL per rollout rank in rl.server_urls: {rl.rollout_ranks} rollout "
+                        f"rank(s), {len(rl.server_urls)} URL(s)")
+    if rl.server == "sglang":
+        _check_sglang(rl.sglang_python)
+    if rl.server_start_timeout_s <= 0:
+        raise UserError(f"rl.server_start_timeout_s must be > 0, got {rl.server_start_timeout_s}")
     model = Path(init_model_dir(cfg))
     if not (model / "config.json").is_file():
         raise UserError(f"no SFT model at {model} (rl.init_model); train one with `apr-ds sft sft.method={rl.method}`")
@@ -70,6 +79,19 @@ def validate(cfg) -> None:
         raise UserError(f"rl.prompts_per_step={rl.prompts_per_step} gives some of the {rl.rollout_ranks} rollout ranks no work")
     if rl.max_staleness < 0 or rl.ppo_epochs < 1 or rl.micro_batch < 1:
         raise UserError("rl.max_staleness must be >= 0, rl.ppo_epochs and rl.micro_batch >= 1")
+
+
+def _check_sglang(configured: str) -> None:
+    """Found here, before any rank starts, rather than as a server that dies at its first import."""
+    from apr_ds.rollout.server_proc import has_sglang, resolve_sglang_python
+    python = resolve_sglang_python(configured)
+    if not python:
+        raise UserError("rl.server=sglang, but this Python cannot import sglang and rl.sglang_python is not set: install "
+                        "it here (`pip install -e .[sglang]` on a GPU node), or on a CPU machine build its venv with "
+                        "`make sglang` (then it is found) or point rl.sglang_python at an interpreter that has it")
+    if not has_sglang(python):
+        raise UserError(f"rl.sglang_python={python!r} cannot import sglang (or does not exist); on a CPU machine build "
+                        f"SGLang's venv with `make sglang` and use .venv-sglang/bin/python")
 
 
 def _check_context(max_context: int, model_config: Path) -> None:

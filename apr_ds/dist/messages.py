@@ -19,6 +19,10 @@ class Setup:
     version: int
     first_group: int
     """Group counter this rollout rank resumes from (prompt order is a function of it)."""
+    rank_offset: int
+    """This rank's server joins the weight group as rank_offset + its tensor-parallel rank."""
+    backend: str
+    """The weight group's backend, the learner's choice (nccl on GPUs, gloo on CPU): both sides must agree."""
 
 
 @dataclass
@@ -45,6 +49,8 @@ class Regroup:
     master_address: str
     master_port: int
     group_world_size: int
+    rank_offset: int
+    backend: str
 
 
 @dataclass

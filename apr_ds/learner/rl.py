@@ -23,7 +23,7 @@ import numpy as np
 
 from apr_ds.dist.messages import (CONTROL, SERVER_STATUS, Go, Ready, Regroup, ServerBack, ServerDown, Setup, Stop,
                                  WeightUpdate)
-from apr_ds.dist.ports import free_port
+from apr_ds.dist.ports import reserve_port
 from apr_ds.dist.transport import balance, group_waiting, recv_group, scatter_shares
 from apr_ds.errors import UserError
 from apr_ds.log import ScalarWriter, get_logger
@@ -363,7 +363,8 @@ def _run(cfg, roles, model_dir, out, resume, ds_config, settings) -> dict:
     from apr_ds.config import save_config
     from apr_ds.data.tokenizer import tokenizer_sha256
     from apr_ds.dist.roles import Roles  # noqa: F401  (type of `roles`)
-    from apr_ds.dist.weight_group import init_weight_group
+    from apr_ds.dist.placement import tp_size_from_server_args, weight_group_layout
+    from apr_ds.dist.weight_group import default_backend, init_weight_group
     from apr_ds.learner.checkpoint import load_checkpoint, resolve_resume, save_checkpoint
     from apr_ds.learner.loss import LossSettings
     from apr_ds.learner.weights import broadcast_weights, plan_metadata, probe_names, weight_plan
@@ -386,18 +387,21 @@ def _run(cfg, roles, model_dir, out, resume, ds_config, settings) -> dict:
     plan = weight_plan(engine, rl.bucket_mb * 2**20)
     group = None
     batcher = Batcher(roles.world, rl.timeout_s) if rank == 0 else None
+    # every server rank joins: an SGLang server with --tp-size T takes T ranks of the group
+    tp_size = tp_size_from_server_args(rl.server_args) if rl.server == "sglang" else 1
+    group_size, offsets = weight_group_layout(roles.num_rollouts, tp_size)
+    backend = default_backend()  # the learner's choice, sent to every server in Setup and Regroup
     if rank == 0:
         save_config(cfg, out)
         batcher.dropped_groups = state["dropped_groups"]
-        import socket
-        from apr_ds.dist.roles import export_learner_env  # noqa: F401
-        address, port = socket.gethostbyname(socket.gethostname()), free_port("0.0.0.0")  # regroup() reuses address
+        # listening from now on, so the port cannot be taken before the store takes the socket over
+        address, port = roles.host_address, reserve_port(roles.host_address)  # regroup() reuses address
         base, extra = divmod(rl.prompts_per_step, roles.num_rollouts)
         for index in range(roles.num_rollouts):
             quota = base + (index < extra)
-            roles.world.send(Setup(address, port, 1 + roles.num_rollouts, version, version * quota),
+            roles.world.send(Setup(address, port, group_size, version, version * quota, offsets[index], backend),
                              dest=roles.rollout_world_rank(index), tag=CONTROL)
-        group = init_weight_group(address, port, rank=0, world_size=1 + roles.num_rollouts, timeout_s=rl.timeout_s)
+        group = init_weight_group(address, port, rank=0, world_size=group_size, backend=backend, timeout_s=rl.timeout_s)
     writer = ScalarWriter(out / "tb", enabled=rank == 0)
     loss_settings = LossSettings(clip_eps=rl.clip_eps, beta=rl.beta, is_cap=rl.is_cap,
                                  token_sum_norm=float(cfg.rollout.max_context) if rl.loss_agg == "token_sum" else 0.0)
@@ -411,11 +415,11 @@ def _run(cfg, roles, model_dir, out, resume, ds_config, settings) -> dict:
         nonlocal group
         from apr_ds.dist.weight_group import destroy_weight_group
         destroy_weight_group(group)
-        port = free_port("0.0.0.0")
+        port = reserve_port(address)
         for index in range(roles.num_rollouts):
-            roles.world.send(Regroup(address, port, 1 + roles.num_rollouts), dest=roles.rollout_world_rank(index),
-                             tag=CONTROL)
-        group = init_weight_group(address, port, rank=0, world_size=1 + roles.num_rollouts, timeout_s=rl.timeout_s)
+            roles.world.send(Regroup(address, port, group_size, offsets[index], backend),
+                             dest=roles.rollout_world_rank(index), tag=CONTROL)
+        group = init_weight_group(address, port, rank=0, world_size=group_size, backend=backend, timeout_s=rl.timeout_s)
         log.info(f"weight group rebuilt for the restarted server(s) of rollout rank(s) {sorted(batcher.back)}")
         batcher.back.clear()
 

@@ -10,7 +10,9 @@ token ids and behaviour log-probs, never on re-tokenized text.
 Every call has a timeout. Connection errors, timeouts and 5xx answers are retried a bounded number
 of times with backoff; a 4xx is never retried (the request is wrong and resending will not fix it).
 Weight-update calls are never retried either: a second POST would wait for broadcasts that the
-learner will not send again. `flush_cache` polls instead, because SGLang answers 400 until no
+learner will not send again. SGLang 0.5.23 takes updates only inside a session (`/begin_weight_update` ...
+`/end_weight_update`); older servers have no such endpoints, so `weight_update_session` finds out which
+protocol a server speaks from its first answer (404: none) and remembers it. `flush_cache` polls instead, because SGLang answers 400 until no
 request is running.
 
 The learner-side half of a weight update is at the bottom: `connect_weight_group` creates the
@@ -20,6 +22,7 @@ group as rank 0 while every server joins, and `push_weights` runs pause -> bucke
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 from dataclasses import dataclass
@@ -36,6 +39,16 @@ class ServerError(Exception):
     def __init__(self, status: int | None, message: str):
         super().__init__(f"HTTP {status}: {message}" if status else message)
         self.status, self.message = status, message
+
+    @property
+    def is_length_refusal(self) -> bool:
+        """The request did not fit the server's context: SGLang's three refusals (tokenizer_manager.py
+        `_validate_one_request`, managers/utils.py `validate_input_length`), which our server gives too."""
+        return self.status == 400 and any(phrase in self.message for phrase in _LENGTH_REFUSALS)
+
+
+_LENGTH_REFUSALS = ("is longer than the model's context length", "exceeds the model's maximum context length",
+                    "exceeds the maximum allowed length")
 
 
 @dataclass
@@ -76,6 +89,8 @@ class RolloutClient:
         self.timeout_s, self.connect_timeout_s = timeout_s, connect_timeout_s
         self.max_retries, self.backoff_s = max_retries, backoff_s
         self._session: aiohttp.ClientSession | None = None
+        self.speaks_weight_sessions: bool | None = None
+        """Whether the server needs /begin_weight_update ... /end_weight_update around updates (None: not asked yet)."""
 
     async def __aenter__(self) -> "RolloutClient":
         return self
@@ -173,11 +188,30 @@ class RolloutClient:
     # ------------------------------------------------------------------ weights
 
     async def init_weights_update_group(self, master_address: str, master_port: int, rank_offset: int,
-                                        world_size: int, group_name: str = DEFAULT_GROUP,
-                                        backend: str = "gloo") -> dict:
+                                        world_size: int, backend: str, group_name: str = DEFAULT_GROUP) -> dict:
+        """Join the weight group. `backend` has no default: it must be the one the learner's side uses."""
         return await self.request("POST", "/init_weights_update_group", {
             "master_address": master_address, "master_port": master_port, "rank_offset": rank_offset,
             "world_size": world_size, "group_name": group_name, "backend": backend}, retries=0)
+
+    @contextlib.asynccontextmanager
+    async def weight_update_session(self):
+        """Updates from the weight group go inside this block; it opens and closes SGLang's session where the server
+        has one, and is empty where it has not (a 404 on /begin_weight_update, remembered for this server)."""
+        opened = False
+        if self.speaks_weight_sessions is not False:
+            try:
+                await self.request("POST", "/begin_weight_update", {}, retries=0)
+                opened = self.speaks_weight_sessions = True
+            except ServerError as e:
+                if e.status != 404:
+                    raise
+                self.speaks_weight_sessions = False
+        try:
+            yield
+        finally:
+            if opened:
+                await self.request("POST", "/end_weight_update", {}, retries=0)
 
     async def update_weights_from_distributed(self, names: list[str], dtypes: list[str], shapes: list[list[int]],
                                               weight_version: str | None = None, group_name: str = DEFAULT_GROUP,
@@ -232,7 +266,7 @@ async def connect_weight_group(clients: list[RolloutClient], master_address: str
     ranks_per_server = ranks_per_server or [1] * len(clients)  # an SGLang server joins with its TP size
     world_size = 1 + sum(ranks_per_server)
     offsets = [1 + sum(ranks_per_server[:i]) for i in range(len(clients))]
-    joins = [c.init_weights_update_group(master_address, master_port, offset, world_size, group_name, backend)
+    joins = [c.init_weights_update_group(master_address, master_port, offset, world_size, backend, group_name)
              for c, offset in zip(clients, offsets)]
     group, *_ = await asyncio.gather(
         asyncio.to_thread(weight_group.init_weight_group, master_address, master_port, 0, world_size, group_name,
@@ -251,11 +285,14 @@ async def update_weights(clients: list[RolloutClient], bucket_metadata: list[dic
     Generation continues even if the update fails; the failure is raised after."""
     await asyncio.gather(*(c.pause_generation(pause_mode) for c in clients))
     try:
-        for i, meta in enumerate(bucket_metadata):
-            posts = [c.update_weights_from_distributed(**meta, weight_version=weight_version, group_name=group_name)
-                     for c in clients]
-            sends = [asyncio.to_thread(send_bucket, i)] if send_bucket is not None else []
-            await asyncio.gather(*sends, *posts)
+        async with contextlib.AsyncExitStack() as sessions:
+            for c in clients:
+                await sessions.enter_async_context(c.weight_update_session())
+            for i, meta in enumerate(bucket_metadata):
+                posts = [c.update_weights_from_distributed(**meta, weight_version=weight_version, group_name=group_name)
+                         for c in clients]
+                sends = [asyncio.to_thread(send_bucket, i)] if send_bucket is not None else []
+                await asyncio.gather(*sends, *posts)
         await asyncio.gather(*(c.flush_cache() for c in clients))
     finally:
         await asyncio.gather(*(c.continue_generation() for c in clients))

@@ -22,6 +22,8 @@ current version, and only then does this rank generate again. Nothing is lost an
 from __future__ import annotations
 
 import asyncio
+import os
+import socket
 import time
 from pathlib import Path
 
@@ -37,17 +39,34 @@ from apr_ds.log import get_logger
 log = get_logger(__name__)
 
 
-def start_server(cfg, rollout_index: int, model_dir: str, log_dir: Path):
+def server_devices(cfg, roles) -> list[str] | None:
+    """The GPUs of this rank's SGLang server: its share of the node (apr_ds.dist.placement), under mpiexec or the
+    deepspeed launcher. None on CPU, and under slurm/task.sh, which already narrowed CUDA_VISIBLE_DEVICES to them."""
+    import torch
+
+    from apr_ds.dist.placement import plan_node, tp_size_from_server_args
+    if os.environ.get("APR_ROLE") == "rollout" or torch.cuda.device_count() == 0:
+        return None
+    plan = plan_node(roles.node_ranks, tp_size_from_server_args(cfg.rl.server_args), torch.cuda.device_count(),
+                     os.environ.get("CUDA_VISIBLE_DEVICES"), node=socket.gethostname())
+    return plan[roles.rank]
+
+
+def start_server(cfg, roles, model_dir: str, log_dir: Path):
     """This rank's server: a child process it owns (ours or SGLang), or a given URL. Returns (process or None, url)."""
-    from apr_ds.rollout.server_proc import ServerProcess
-    rl = cfg.rl
+    from apr_ds.rollout.server_proc import ServerProcess, resolve_sglang_python, serving_dtype, sglang_device
+    rl, rollout_index = cfg.rl, roles.rollout_index
     log_path = str(log_dir / f"server{rollout_index}.log")
     if rl.server == "url":
         if len(rl.server_urls) <= rollout_index:
             raise UserError(f"rl.server=url needs one URL per rollout rank in rl.server_urls; got {len(rl.server_urls)}")
         return None, rl.server_urls[rollout_index]
     if rl.server == "sglang":
-        server = ServerProcess.start_sglang(model_dir, cfg.rollout.max_context, log_path=log_path, extra_args=rl.server_args)
+        server = ServerProcess.start_sglang(model_dir, cfg.rollout.max_context,
+                                            python=resolve_sglang_python(rl.sglang_python),
+                                            dtype=serving_dtype(rl.precision), device=sglang_device(),
+                                            devices=server_devices(cfg, roles), log_path=log_path,
+                                            extra_args=rl.server_args, threads=rl.server_threads)
     elif rl.server == "ours":
         server = ServerProcess.start_ours(model_dir, log_path=log_path, threads=rl.server_threads, overrides=[
             f"engine.max_model_len={cfg.rollout.max_context}", f"engine.num_threads={rl.server_threads}",
@@ -61,13 +80,13 @@ def start_server(cfg, rollout_index: int, model_dir: str, log_dir: Path):
 class OwnedServer:
     """The server a rollout rank started (or None for a given URL): notices its death, starts it again."""
 
-    def __init__(self, cfg, rollout_index: int, model_dir: str, log_dir: Path):
-        self._args = (cfg, rollout_index, model_dir, log_dir)
+    def __init__(self, cfg, roles, model_dir: str, log_dir: Path):
+        self._args = (cfg, roles, model_dir, log_dir)
         self.process, self.url = start_server(*self._args)
 
     def wait_healthy(self) -> None:
         if self.process is not None:
-            self.process.wait_healthy()
+            self.process.wait_healthy(self._args[0].rl.server_start_timeout_s)
 
     def dead(self) -> bool:
         return self.process is not None and self.process.proc.poll() is not None
@@ -80,7 +99,7 @@ class OwnedServer:
         """Same command, new port; back with the initial weights. Returns the new URL once healthy."""
         self.process.stop()
         self.process, self.url = start_server(*self._args)
-        self.process.wait_healthy()
+        self.wait_healthy()
         return self.url
 
     def stop(self) -> None:
@@ -183,7 +202,7 @@ class RolloutRank:
     async def apply(self, update: WeightUpdate) -> None:
         """pause -> Ready -> (Go) buckets -> flush -> continue. Without Go (another server is not ready) the
         server just resumes; learner rank 0 retries once every server is back in the group."""
-        ready = self.in_group and not (self.restart_server is not None and self.restart_server.dead())
+        ready = self.in_group and not self.server_died()
         self.admit.clear()
         if ready:
             try:
@@ -192,33 +211,59 @@ class RolloutRank:
                 ready = False
         self.roles.world.send(Ready(self.index, ready), dest=0, tag=SERVER_STATUS)
         go: Go = self.roles.world.recv(source=0, tag=CONTROL)
+        try:
+            if ready and go.proceed:
+                await self.receive(update)
+            if ready:
+                await self.client.continue_generation()
+            if ready and go.proceed:  # read back what the server now holds; learner rank 0 checks it against what it sent
+                self.weight_probe = (update.version, {name: await self.client.get_weights_by_name(name, truncate_size=2)
+                                                      for name in update.probes})
+        except ServerError as e:
+            if e.status is not None or not await self.server_gone():
+                raise
+            # it died once the broadcast was over (SGLang's session, flush and resume take a while): recover() at
+            # the top of the loop restarts it, and the learners regroup and send it the current version again
+            log.warning(f"rollout rank {self.index}: the server died while applying version {update.version}")
+            return
+        finally:
+            self.admit.set()
         if ready and go.proceed:
+            self.version, self.synced = update.version, True
+
+    async def receive(self, update: WeightUpdate) -> None:
+        """The buckets, inside SGLang's weight-update session where the server has one, then a flush."""
+        async with self.client.weight_update_session():
             for bucket in update.buckets:
                 await self.client.update_weights_from_distributed(bucket["names"], bucket["dtypes"], bucket["shapes"],
                                                                   weight_version=str(update.version))
-            await self.client.flush_cache()
-        if ready:
-            await self.client.continue_generation()
-        self.admit.set()
-        if not (ready and go.proceed):
-            return
-        self.version = update.version
-        self.synced = True
-        # read back what the server now holds; learner rank 0 checks it against what it sent
-        self.weight_probe = (update.version, {name: await self.client.get_weights_by_name(name, truncate_size=2)
-                                              for name in update.probes})
+        await self.client.flush_cache()
+
+    def server_died(self) -> bool:
+        return self.restart_server is not None and self.restart_server.dead()
+
+    async def server_gone(self, wait_s: float = 5.0) -> bool:
+        """After a dropped connection: did this rank's server die? A killed process closes its sockets a moment
+        before it can be reaped, so look again for a few seconds before calling it alive."""
+        deadline = time.monotonic() + wait_s
+        while not self.server_died():
+            if self.restart_server is None or time.monotonic() > deadline:
+                return False
+            await asyncio.sleep(0.1)
+        return True
 
     async def regroup(self, message: Regroup) -> None:
         if self.in_group:
             await self.client.destroy_weights_update_group()
         await self.client.init_weights_update_group(message.master_address, message.master_port,
-                                                    rank_offset=1 + self.index, world_size=message.group_world_size)
+                                                    rank_offset=message.rank_offset,
+                                                    world_size=message.group_world_size, backend=message.backend)
         self.in_group = True
 
     async def recover(self) -> bool:
         """If this rank's server died: tell learner rank 0, cancel the groups it was running (to be run again),
         restart it, and wait for the learners to regroup and re-sync it. True if a restart happened."""
-        if self.restart_server is None or not self.restart_server.dead():
+        if not self.server_died():
             return False
         reason = self.restart_server.reason()
         if self.restarts >= self.cfg.rl.max_server_restarts:
@@ -261,7 +306,7 @@ class RolloutRank:
                 try:
                     result = task.result()
                 except ServerError as e:  # programs absorb bad output; only a server that is gone gets here
-                    if self.restart_server is not None and self.restart_server.dead():
+                    if await self.server_gone():
                         break  # recover() at the top of the next pass re-queues this group with the others
                     raise UserError(f"the inference server {self.client.base_url} stopped answering ({e}); "
                                     f"see its log next to the run's TensorBoard folder") from None
@@ -281,9 +326,9 @@ class RolloutRank:
         self.pending.wait()
 
 
-async def join_weight_group(client, setup: Setup, rollout_index: int) -> None:
-    await client.init_weights_update_group(setup.master_address, setup.master_port, rank_offset=1 + rollout_index,
-                                           world_size=setup.group_world_size)
+async def join_weight_group(client, setup: Setup) -> None:
+    await client.init_weights_update_group(setup.master_address, setup.master_port, rank_offset=setup.rank_offset,
+                                           world_size=setup.group_world_size, backend=setup.backend)
 
 
 def run_rollout(cfg, roles, model_dir: str, out_dir: Path) -> None:
@@ -297,7 +342,7 @@ def run_rollout(cfg, roles, model_dir: str, out_dir: Path) -> None:
     cfg.eval.split, cfg.eval.num_problems = "train", 0
     problems = load_problems(cfg)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    server = OwnedServer(cfg, roles.rollout_index, model_dir, out_dir)
+    server = OwnedServer(cfg, roles, model_dir, out_dir)
     try:
         server.wait_healthy()
         setup = roles.world.recv(source=0, tag=CONTROL)
@@ -307,7 +352,7 @@ def run_rollout(cfg, roles, model_dir: str, out_dir: Path) -> None:
         async def main():
             async with RolloutClient(server.url, timeout_s=cfg.rl.timeout_s) as client:
                 await client.wait_until_healthy(timeout_s=120)
-                await join_weight_group(client, setup, roles.rollout_index)
+                await join_weight_group(client, setup)
                 rank = RolloutRank(cfg, roles, client, tokenizer, get_task(cfg), problems, setup, restart_server=server)
                 await rank.loop()
                 await client.destroy_weights_update_group()

@@ -122,7 +122,10 @@ class ProgramRunner:
         except ServerError as e:
             if e.status is None:
                 raise  # the server is gone: not this program's fault, let the caller decide
-            thread.status, thread.error = "failed", f"server refused the request: {e}"
+            if e.is_length_refusal:  # SGLang's input limit is a few tokens below its sequence limit
+                thread.status, thread.error = "truncated", f"the server refused {len(context)} tokens as too long: {e.message}"
+            else:
+                thread.status, thread.error = "failed", f"server refused the request: {e}"
             return None
         segment = Segment(list(context), gen.output_ids, gen.logprobs, gen.finish_reason, gen.weight_version,
                           gen.cached_tokens, start, time.time())

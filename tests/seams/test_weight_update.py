@@ -59,8 +59,8 @@ def test_learner_broadcast_updates_the_server_weights_exactly(tmp_path):
         before, in_flight, refused, served, after, info = run(learner(url))
 
     assert before.output_ids == hf_greedy(old, 8) and before.weight_version == "default"
-    for name, param in new_params:
-        assert checksum(served[name]) == checksum(param.detach()), name
+    for name, param in new_params:  # vocabulary-sized weights come back padded to a multiple of 64, as on SGLang
+        assert checksum(served[name][:len(param)]) == checksum(param.detach()), name
     assert after.output_ids == hf_greedy(new, 8) and after.output_ids != before.output_ids
     assert after.weight_version == "step-1" and info["weight_version"] == "step-1"
     # retracted during the update, resumed after it: finished under the new version, never dropped
@@ -71,14 +71,15 @@ def test_learner_broadcast_updates_the_server_weights_exactly(tmp_path):
 async def refused_bucket(client, group):
     """A bucket with a wrong shape is refused without touching the model, and the group stays in step."""
     bad = [("model.norm.weight", torch.zeros(3))]
-    post = client.update_weights_from_distributed(**bucket_metadata(bad), weight_version="bad")
-    results = await asyncio.gather(asyncio.to_thread(broadcast_tensors, group, [t for _, t in bad]), post,
-                                   return_exceptions=True)
-    status = results[1].status if isinstance(results[1], ServerError) else 200
-    version = (await client.get_model_info())["weight_version"]  # unchanged by the refused bucket
-    # the group is still in step: a next bucket (the current norm weight, re-sent) goes through
-    norm = torch.tensor(await client.get_weights_by_name("model.norm.weight", truncate_size=10**9))
-    good = [("model.norm.weight", norm)]
-    await asyncio.gather(asyncio.to_thread(broadcast_tensors, group, [norm]),
-                         client.update_weights_from_distributed(**bucket_metadata(good), weight_version="step-1"))
+    async with client.weight_update_session():
+        post = client.update_weights_from_distributed(**bucket_metadata(bad), weight_version="bad")
+        results = await asyncio.gather(asyncio.to_thread(broadcast_tensors, group, [t for _, t in bad]), post,
+                                       return_exceptions=True)
+        status = results[1].status if isinstance(results[1], ServerError) else 200
+        version = (await client.get_model_info())["weight_version"]  # unchanged by the refused bucket
+        # the group is still in step: a next bucket (the current norm weight, re-sent) goes through
+        norm = torch.tensor(await client.get_weights_by_name("model.norm.weight", truncate_size=10**9))
+        good = [("model.norm.weight", norm)]
+        await asyncio.gather(asyncio.to_thread(broadcast_tensors, group, [norm]),
+                             client.update_weights_from_distributed(**bucket_metadata(good), weight_version="step-1"))
     return status, version
