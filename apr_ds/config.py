@@ -194,6 +194,9 @@ class EngineConfig:
     model's predictions (engine/replay.py). Empty = normal serving."""
     replay_compute: bool = False
     """With replay_file: still run the model's forward pass every step, so timings are realistic."""
+    max_parallel_samples: int = 64
+    """Largest `n` (samples of one prompt, sharing its cached prefix) a /generate or /v1/completions request may
+    ask for; above it the request gets HTTP 400."""
 
 
 @dataclass
@@ -254,6 +257,7 @@ METHODS = ("sosp", "apr")
 """The two trace formats: what `apr-ds data` writes, `sft` trains on and `rl` samples (sft.method, rl.method)."""
 RL_LOSS_AGGS = ("token_mean", "token_sum")
 RL_ADVANTAGES = ("group_norm", "reward")
+RL_SERVERS = ("ours", "sglang", "url")
 
 
 @dataclass
@@ -312,7 +316,14 @@ class RLConfig:
     bucket_mb: int = 32
     """Weight-sync bucket size: parameters gathered and broadcast together."""
     server: str = "ours"
-    """`ours` (apr-ds serve, CPU), `sglang` (python -m sglang.launch_server; GPU), or `url` (attach to server_urls)."""
+    """`ours` (apr-ds serve, CPU), `sglang` (python -m sglang.launch_server: GPUs, or SGLang's CPU engine where
+    there is no GPU), or `url` (attach to server_urls)."""
+    sglang_python: str = ""
+    """The Python that runs SGLang (empty: the one running apr-ds). SGLang may live in a venv of its own, e.g.
+    `.venv-sglang/bin/python` from `make sglang` on a CPU machine."""
+    server_start_timeout_s: float = 600.0
+    """How long a server this rank starts may take to answer /health (SGLang on GPUs loads, JIT-compiles and
+    captures CUDA graphs first)."""
     server_urls: list[str] = field(default_factory=list)
     """With server=url: one URL per rollout rank."""
     server_args: list[str] = field(default_factory=list)

@@ -34,17 +34,16 @@ class Detokenizer:
         return min(hits)[1] if hits else None
 
     def output_text(self, seq: Sequence) -> str:
-        """SGLang's `text`: the decoded output, cut before the stop string / stop token unless `no_stop_trim`."""
-        params = seq.params
-        ids = seq.output_ids
-        trim = seq.finish_type == "stop" and not params.no_stop_trim
-        if trim and isinstance(seq.finish_matched, int) and ids and ids[-1] == seq.finish_matched:
-            ids = ids[:-1]
+        """SGLang's `text` (managers/detokenizer_manager.py `trim_matched_stop`): a matched stop token is left out
+        unless `no_stop_trim`; a matched stop string cuts the text at its first occurrence, after it with
+        `no_stop_trim` and before it without."""
+        params, ids = seq.params, seq.output_ids
+        matched = seq.finish_matched if seq.finish_type == "stop" else None
+        if isinstance(matched, int) and not params.no_stop_trim and ids:
+            ids = ids[:-1]  # the last token is the matched one
         text = self.decode(ids, params.skip_special_tokens)
-        if trim and isinstance(seq.finish_matched, str):
-            cut = text.find(seq.finish_matched)
-            if cut >= 0:
-                text = text[:cut]
+        if isinstance(matched, str) and (pos := text.find(matched)) >= 0:
+            text = text[:pos + len(matched)] if params.no_stop_trim else text[:pos]
         return text
 
     def token_texts(self, ids: list[int]) -> list[str]:

@@ -3,32 +3,45 @@
 Handlers parse and validate on the event loop and hand all engine work to the engine thread
 (`Engine.submit` / `Engine.call`), so HTTP stays responsive during forward passes. Bad input raises
 `BadRequest` (HTTP 400 with the reason); the other requests are unaffected.
+
+Answers have SGLang 0.5.23's shapes and messages (srt/entrypoints/http_server.py), down to the plain-text
+bodies of /flush_cache and the empty ones of /abort_request and /health_generate, so that what works against
+this server works against SGLang. /get_load is this server's own (SGLang has /v1/loads, also served here).
 """
 
 from __future__ import annotations
 
 import asyncio
+import datetime
 import json
 import logging
+import time
 
 from aiohttp import web
 
 from apr_ds.engine import protocol
 from apr_ds.engine.protocol import BadRequest, check_fields
+from apr_ds.engine.streaming import Run, stream_generate
 
 log = logging.getLogger("apr_ds.serve")
 DEFAULT_GROUP = "weight_update_group"
-HEALTH_GENERATE_TIMEOUT_S = 30.0
+HEALTH_GENERATE_TIMEOUT_S = 20.0  # SGLang's HEALTH_CHECK_TIMEOUT (http_server.py)
+FLUSHED = ("Cache flushed.\nPlease check backend logs for more details. (When there are running or waiting requests, "
+           "the operation will not be performed.)\n")
 
 
 @web.middleware
 async def error_middleware(request: web.Request, handler):
     try:
         return await handler(request)
+    except protocol.ContractError as e:
+        return web.json_response({"error": str(e)}, status=400)
     except BadRequest as e:
         return web.json_response({"error": {"message": str(e)}}, status=400)
     except web.HTTPException:
         raise
+    except ConnectionResetError:  # the client left before its answer (its sequences were aborted): nobody to tell
+        return web.Response(status=499)
     except Exception as e:  # a bug must not take the server down; the other requests go on
         log.exception("%s %s failed", request.method, request.path)
         return web.json_response({"error": {"message": f"internal error: {e}"}}, status=500)
@@ -54,8 +67,12 @@ class Handlers:
         self.engine = engine
         self.scheduler = engine.scheduler
         config = engine.config
-        self.limits = protocol.Limits(engine.vocab_size, engine.max_model_len, config.default_max_new_tokens,
-                                      config.max_new_tokens_limit)
+        self.limits = protocol.Limits(engine.vocab_size, engine.max_model_len, config.default_max_new_tokens)
+        # SGLang holds requests that arrive while generation is paused in its tokenizer manager, before tokenizing or
+        # validating them (tokenizer_manager.py `generate_request` waits on `is_pause_cond`); so do we, here
+        self.unpaused = asyncio.Event()
+        self.unpaused.set()
+        self.held = 0
 
     async def on_engine(self, fn, *args):
         """Run `fn` on the engine thread, between two forward passes."""
@@ -68,10 +85,35 @@ class Handlers:
             body = json.loads(await request.read())
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise BadRequest(f"malformed JSON: {e}") from None
+        protocol.check_contract(body)
+        await self.wait_unpaused()
         req = protocol.parse_generate(body, self.limits, self.engine.tokenizer)
-        seqs = await self.run(req)
+        self.check_n(req.n)
+        run = Run(self.engine, [item.prompt_ids for item in req.items], [item.params for item in req.items], req.n,
+                  req.return_logprob, [item.rid for item in req.items])
+        await run.warm_prefix()
+        run.submit()
+        is_list = req.is_batch or req.n > 1  # SGLang answers n > 1 samples of one prompt with a list, too
+        if req.stream:
+            return await stream_generate(request, run, self.engine.detokenizer, req.return_text_in_logprobs, is_list)
+        seqs = await run.finished(request)
         outputs = [protocol.response(seq, self.engine.detokenizer, req.return_text_in_logprobs) for seq in seqs]
-        return web.json_response(outputs if req.is_batch else outputs[0])
+        return web.json_response(outputs if is_list else outputs[0])
+
+    def check_n(self, n: int) -> None:
+        limit = self.engine.config.max_parallel_samples
+        if n > limit:
+            raise BadRequest(f"n={n} samples per prompt is more than this server allows (engine.max_parallel_samples"
+                             f"={limit})")
+
+    async def wait_unpaused(self) -> None:
+        if self.unpaused.is_set():
+            return
+        self.held += 1
+        try:
+            await self.unpaused.wait()
+        finally:
+            self.held -= 1
 
     async def run(self, req: protocol.GenerateRequest) -> list:
         loop = asyncio.get_running_loop()
@@ -90,67 +132,96 @@ class Handlers:
             raise
 
     async def health(self, request: web.Request) -> web.Response:
-        return web.Response(text="")
+        return web.Response()
 
     async def health_generate(self, request: web.Request) -> web.Response:
-        if self.scheduler.paused:  # alive, deliberately not generating (e.g. during a weight update)
-            return web.json_response({"status": "paused"})
+        """SGLang's: one greedy token of prompt [0], an empty 200, or 503 when nothing came back in time (as while
+        generation is paused: SGLang's request waits at the pause like any other, and so does this one)."""
         params = protocol.parse_sampling_params({"max_new_tokens": 1, "temperature": 0}, self.limits)
         req = protocol.GenerateRequest([protocol.GenerateItem([0], params, None)], False, False, False)
+
+        async def generate_one():
+            await self.wait_unpaused()
+            await self.run(req)
         try:
-            await asyncio.wait_for(self.run(req), HEALTH_GENERATE_TIMEOUT_S)
+            await asyncio.wait_for(generate_one(), HEALTH_GENERATE_TIMEOUT_S)
         except asyncio.TimeoutError:
-            return web.json_response({"status": "generation timed out"}, status=503)
-        return web.json_response({"status": "ok"})
+            return web.Response(status=503)
+        return web.Response()
 
     async def get_model_info(self, request: web.Request) -> web.Response:
+        """SGLang's /model_info (/get_model_info is its deprecated name) for a text-only generation model."""
         engine = self.engine
         return web.json_response({
-            "model_path": engine.model_dir, "tokenizer_path": engine.model_dir if engine.tokenizer else None,
-            "is_generation": True, "weight_version": self.scheduler.weight_version,
-            "max_context_length": engine.max_model_len, "vocab_size": engine.vocab_size,
-            "eos_token_ids": sorted(self.scheduler.eos_token_ids), "architectures": ["LlamaForCausalLM"],
+            "model_path": engine.model_dir, "served_model_name": engine.model_dir,
+            "tokenizer_path": engine.model_dir if engine.tokenizer else None, "is_generation": True,
+            "preferred_sampling_params": None, "weight_version": self.scheduler.weight_version,
+            "load_format": "auto", "reasoning_parser": None, "tool_call_parser": None, "disaggregation_mode": "null",
+            "has_image_understanding": False, "has_audio_understanding": False,
+            "model_type": getattr(engine.hf_config, "model_type", "llama"), "architectures": ["LlamaForCausalLM"],
         })
 
+    async def loads(self, request: web.Request) -> web.Response:
+        """SGLang's /v1/loads (entrypoints/v1_loads.py), its core section, for one data-parallel rank."""
+        def load() -> dict:
+            s = self.scheduler
+            return {"timestamp": time.time(), "dp_rank": 0, "num_running_reqs": len(s.running),
+                    "num_waiting_reqs": len(s.waiting), "num_used_tokens": s.pool.num_used,
+                    "max_total_num_tokens": self.engine.config.kv_cache_tokens,
+                    "max_running_requests": self.engine.config.max_running_requests,
+                    "token_usage": round(s.pool.num_used / self.engine.config.kv_cache_tokens, 4)}
+        return web.json_response({"timestamp": datetime.datetime.now(datetime.timezone.utc).isoformat(),
+                                  "accelerator": None, "num_accelerators": 1, "loads": [await self.on_engine(load)]})
+
     async def get_load(self, request: web.Request) -> web.Response:
-        """SGLang's /get_load (one data-parallel rank): requests running and waiting, KV slots in use."""
+        """This server's own (older SGLang had a /get_load; 0.5.23 has /v1/loads): requests running and waiting,
+        KV slots in use. Requests held while paused (wait_unpaused) count as waiting, unlike in /v1/loads."""
         def load() -> list[dict]:
             s = self.scheduler
-            return [{"dp_rank": 0, "num_reqs": len(s.running), "num_waiting_reqs": len(s.waiting),
+            return [{"dp_rank": 0, "num_reqs": len(s.running), "num_waiting_reqs": len(s.waiting) + self.held,
                      "num_tokens": s.pool.num_used, "paused": s.paused}]
         return web.json_response(await self.on_engine(load))
 
     # ------------------------------------------------------------------ scheduling control
 
     async def flush_cache(self, request: web.Request) -> web.Response:
+        """SGLang answers in plain text: 200 when flushed, 400 when requests held it back."""
         await read_body(request, {"timeout"})
         if await self.on_engine(self.scheduler.flush_cache):
-            return web.json_response({"success": True, "message": "Cache flushed."})
-        return web.json_response({"success": False, "message": "Cache not flushed: requests are running."}, status=400)
+            return web.Response(text=FLUSHED)
+        return web.Response(text="Flush cache failed.\n", status=400)
 
     async def pause_generation(self, request: web.Request) -> web.Response:
         body = await read_body(request, {"mode"})
         mode = body.get("mode", "abort")
         if mode not in ("abort", "retract", "in_place"):
             raise BadRequest(f"mode must be abort, retract or in_place, got {mode!r}")
+        self.unpaused.clear()  # before the engine pauses: nothing new gets in after the running requests stop
         await self.on_engine(self.scheduler.pause, mode)
-        return web.json_response({"success": True, "message": f"Generation paused ({mode})."})
+        return web.json_response({"message": "Generation paused successfully.", "status": "ok"})
 
     async def continue_generation(self, request: web.Request) -> web.Response:
         await read_body(request, {"torch_empty_cache"})
         await self.on_engine(self.scheduler.resume)
-        return web.json_response({"success": True, "message": "Generation continued."})
+        self.unpaused.set()
+        return web.json_response({"message": "Generation continued successfully.", "status": "ok"})
 
     async def abort_request(self, request: web.Request) -> web.Response:
+        """SGLang's (tokenizer_manager.py `abort_request`, scheduler.py `abort_request`): an empty 200 whatever
+        happened; an empty rid without abort_all aborts nothing, an unknown rid nothing, a known rid every request
+        whose rid starts with it. The aborted requests answer finish_reason abort, message "Aborted"."""
         body = await read_body(request, {"rid", "abort_all", "finished_reason", "abort_message"})
-        rid, abort_all = body.get("rid", ""), bool(body.get("abort_all", False))
+        rid, abort_all = str(body.get("rid") or ""), bool(body.get("abort_all", False))
 
-        def abort() -> int:
-            victims = [s for s in list(self.scheduler.waiting) + self.scheduler.running if abort_all or s.rid == rid]
-            for seq in victims:
-                self.scheduler.abort(seq, body.get("abort_message") or "Aborted by /abort_request")
-            return len(victims)
-        return web.json_response({"success": True, "num_aborted": await self.on_engine(abort)})
+        def abort() -> None:
+            live = list(self.scheduler.waiting) + self.scheduler.running
+            if not abort_all and (not rid or all(seq.rid != rid for seq in live)):
+                return
+            for seq in live:
+                if abort_all or seq.rid.startswith(rid):
+                    self.scheduler.abort(seq)
+        await self.on_engine(abort)
+        return web.Response()
 
     # ------------------------------------------------------------------ weights
 
@@ -189,7 +260,7 @@ class Handlers:
 
         def update():
             if body.get("abort_all_requests"):
-                self.scheduler.abort_all("Abort by update_weights_from_distributed")
+                self.scheduler.abort_all()
             return self.engine.weights.update_from_distributed(names, dtypes, shapes, group, version)
         return await self.weight_call(update)
 
@@ -201,9 +272,17 @@ class Handlers:
 
         def update():
             if body.get("abort_all_requests"):
-                self.scheduler.abort_all("Abort by update_weights_from_disk")
+                self.scheduler.abort_all()
             return self.engine.weights.update_from_disk(body["model_path"], body.get("weight_version"))
         return await self.weight_call(update)
+
+    async def begin_weight_update(self, request: web.Request) -> web.Response:
+        await read_body(request, set(), {"selector": ("all", "target")})
+        return await self.weight_call(self.engine.weights.begin_update)
+
+    async def end_weight_update(self, request: web.Request) -> web.Response:
+        await read_body(request, set())
+        return await self.weight_call(self.engine.weights.end_update)
 
     async def destroy_weights_update_group(self, request: web.Request) -> web.Response:
         body = await read_body(request, {"group_name"})
@@ -216,8 +295,9 @@ class Handlers:
         except (TypeError, ValueError):
             raise BadRequest("truncate_size must be an integer") from None
         values = await self.on_engine(self.engine.weights.get_weights, str(body.get("name")), truncate_size)
-        if values is None:
-            raise BadRequest(f"no parameter named {body.get('name')!r}")
+        if values is None:  # SGLang logs which name it lacked and answers this
+            log.warning("/get_weights_by_name: no parameter named %r", body.get("name"))
+            raise BadRequest("Get parameter by name failed")
         return web.json_response(values)
 
     async def weight_call(self, fn, *args) -> web.Response:

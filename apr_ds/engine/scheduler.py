@@ -157,6 +157,8 @@ class Scheduler:
             self._finish(seq, "stop", matched=stop)
         elif seq.reached_length_limit:
             self._finish(seq, "length")
+        elif seq.on_token is not None:
+            seq.on_token(seq, len(seq.output_ids))
 
     def _finish(self, seq: Sequence, finish_type: str, matched=None, message: str | None = None) -> None:
         (self.running if seq.status == "running" else self.waiting).remove(seq)
@@ -193,13 +195,15 @@ class Scheduler:
         self.running.remove(seq)
         self._cache_and_release(seq)
         seq.status = "waiting"
+        seq.num_retractions += 1
         self.waiting.appendleft(seq)
 
-    def abort(self, seq: Sequence, message: str) -> None:
+    def abort(self, seq: Sequence, message: str | None = None) -> None:
+        """Answer `seq` with finish_reason abort; without a message SGLang's "Aborted"."""
         if not seq.is_finished:
             self._finish(seq, "abort", message=message)
 
-    def abort_all(self, message: str) -> int:
+    def abort_all(self, message: str | None = None) -> int:
         victims = list(self.waiting) + list(self.running)
         for seq in victims:
             self.abort(seq, message)
@@ -210,7 +214,7 @@ class Scheduler:
         """SGLang's pause modes: abort (answer every request with finish_reason abort), retract (running
         requests go back to the queue and resume after continue), in_place (freeze everything as is)."""
         if mode == "abort":
-            self.abort_all("Abort by pause_generation")
+            self.abort_all()
         elif mode == "retract":
             for seq in reversed(list(self.running)):
                 self.retract(seq)
@@ -222,9 +226,10 @@ class Scheduler:
         self.paused = False
 
     def flush_cache(self) -> bool:
-        """Drop the prefix cache. Refused while requests hold KV (SGLang returns 400 then); waiting and
-        retracted requests hold none, so pause(retract) then flush works."""
-        if self.running:
+        """Drop the prefix cache. Refused while requests are running or, unless paused, waiting (SGLang's
+        scheduler.py `flush_cache`: only when `is_fully_idle(ignore_waiting=paused)`), so pause(retract) then
+        flush works: retracted requests wait and hold no KV."""
+        if self.running or (self.waiting and not self.paused):
             return False
         self._retire_finishing()
         if self.cache is not None:
@@ -234,7 +239,12 @@ class Scheduler:
     def weights_changed(self, version: str | None) -> None:
         """New weights are loaded: no KV computed before may be reused (running requests continue on it)."""
         self.generation += 1
-        if version is not None:
+        if version is not None and str(version) != self.weight_version:
+            # the live requests' output so far was written by the old version (SGLang's scheduler.py
+            # `record_weight_version_change`)
+            for seq in list(self.waiting) + self.running:
+                if seq.output_ids:
+                    seq.weight_version_events.append((self.weight_version, len(seq.output_ids)))
             self.weight_version = str(version)
         self._retire_finishing()
         if self.cache is not None:

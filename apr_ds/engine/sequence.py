@@ -36,6 +36,8 @@ class SamplingParams:
     """Only affects the returned text."""
     no_stop_trim: bool = False
     """Keep the matched stop string / stop token in the returned text."""
+    n: int = 1
+    """Samples of the prompt (the request's n); each sample is its own Sequence."""
 
     @property
     def is_greedy(self) -> bool:
@@ -52,6 +54,9 @@ class Sequence:
     return_logprob: bool = False
     on_finish: Callable[["Sequence"], None] | None = None
     """Called once, on the engine thread, when the sequence finishes (any reason)."""
+    on_token: Callable[["Sequence", int], None] | None = None
+    """Streaming: called on the engine thread after each new token that did not finish the sequence, with the
+    number of output tokens so far (a snapshot: the list may have grown by the time another thread reads it)."""
 
     output_ids: list[int] = field(default_factory=list)
     output_logprobs: list[float] = field(default_factory=list)
@@ -63,10 +68,14 @@ class Sequence:
     """Tokens whose KV came from the prefix cache instead of being computed, summed over prefills."""
     num_kv: int = 0
     kv_generation: int = -1
+    """Weight generation the KV was computed with; KV of another generation never enters the cache."""
     kv_epoch: int = 0
     """Counts how often the KV was dropped (retraction); copies of it elsewhere are stale when it changed."""
-    """Weight generation the KV was computed with; KV of another generation never enters the cache."""
     weight_version: str = ""
+    """The weight version it finished under."""
+    weight_version_events: list[tuple[str, int]] = field(default_factory=list)
+    """(old version, output tokens so far) at each weight change while it was live, for `weight_versions`."""
+    num_retractions: int = 0
     arrival_time: float = field(default_factory=time.perf_counter)
     finish_time: float | None = None
     slots: torch.Tensor = field(default_factory=lambda: torch.zeros(16, dtype=torch.long))
@@ -134,9 +143,25 @@ class Sequence:
         self.finish_time = time.perf_counter()
 
     def finish_reason(self) -> dict:
-        """SGLang's `meta_info.finish_reason`."""
+        """SGLang's `meta_info.finish_reason` (managers/schedule_batch.py, the `to_json` of FINISH_MATCHED_TOKEN,
+        FINISH_MATCHED_STR, FINISH_LENGTH, FINISH_ABORT)."""
         if self.finish_type == "stop":
             return {"type": "stop", "matched": self.finish_matched}
         if self.finish_type == "length":
             return {"type": "length", "length": self.max_new_tokens}
-        return {"type": "abort", "message": self.finish_message or "aborted"}
+        return {"type": "abort", "message": self.finish_message or "Aborted", "status_code": None, "err_type": None}
+
+    def weight_versions(self) -> list[dict]:
+        """SGLang's `meta_info.weight_versions`: which weight version wrote which output tokens [start, end)
+        (utils/weight_versions.py `compute_weight_version_spans`)."""
+        spans: list[dict] = []
+        num_output = len(self.output_ids)
+        for version, end in [*self.weight_version_events, (self.weight_version, num_output)]:
+            end = min(end, num_output)
+            if spans and end <= spans[-1]["end"]:
+                continue
+            if spans and version == spans[-1]["version"]:
+                spans[-1]["end"] = end
+                continue
+            spans.append({"version": version, "start": spans[-1]["end"] if spans else 0, "end": end})
+        return spans

@@ -6,14 +6,20 @@
     curl -s localhost:30000/generate -d '{"input_ids": [1, 5, 9], "sampling_params": {"max_new_tokens": 8,
          "temperature": 0}, "return_logprob": true}'
 
-Endpoints (rl-systems.md §2): /generate, /health, /health_generate, /get_model_info, /get_load, /flush_cache,
-/pause_generation, /continue_generation, /abort_request, /init_weights_update_group,
-/update_weights_from_distributed, /update_weights_from_disk, /destroy_weights_update_group,
-/get_weights_by_name (handlers in endpoints.py). The forward passes run on the engine thread
-(engine.py); the event loop only parses, queues and answers, so it stays responsive while the model computes.
+Endpoints (rl-systems.md §2): /generate, /health, /health_generate, /get_model_info (and /model_info), /v1/loads,
+/flush_cache, /pause_generation, /continue_generation, /abort_request, /init_weights_update_group,
+/begin_weight_update, /update_weights_from_distributed, /end_weight_update, /update_weights_from_disk,
+/destroy_weights_update_group, /get_weights_by_name (handlers in endpoints.py), answering as SGLang 0.5.23 does
+(tests/conformance runs the same tests against both); and /get_load, which SGLang 0.5.23 lacks. The forward
+passes run on the engine thread (engine.py); the event loop only parses, queues and answers, so it stays
+responsive while the model computes.
 
-With --api-key every request, /health included, must carry `Authorization: Bearer K`
-(SGLang itself lets /health* through without the key). Streaming is not implemented: `stream: true` gets a 400.
+Also SGLang's /server_info (info.py) and the OpenAI-compatible /v1/models, /v1/completions and
+/v1/chat/completions (openai.py). /generate and /v1 stream server-sent events with `stream: true` (streaming.py)
+and take `n` samples per prompt up to engine.max_parallel_samples.
+
+With --api-key every request must carry `Authorization: Bearer K`, except those SGLang lets through without it:
+/health, /health_generate (any path starting /health, /ready or /metrics).
 """
 
 from __future__ import annotations
@@ -72,12 +78,28 @@ def build_app(engine, api_key: str | None = None) -> web.Application:
     app.router.add_get("/health", handlers.health)
     app.router.add_get("/health_generate", handlers.health_generate)
     app.router.add_get("/get_model_info", handlers.get_model_info)
+    app.router.add_get("/model_info", handlers.get_model_info)
+    app.router.add_get("/v1/loads", handlers.loads)
     app.router.add_get("/get_load", handlers.get_load)
     for name in ("generate", "pause_generation", "continue_generation", "abort_request", "init_weights_update_group",
-                 "update_weights_from_distributed", "update_weights_from_disk", "destroy_weights_update_group"):
+                 "begin_weight_update", "update_weights_from_distributed", "end_weight_update",
+                 "update_weights_from_disk", "destroy_weights_update_group"):
         app.router.add_post(f"/{name}", getattr(handlers, name))
     app.router.add_put("/generate", handlers.generate)
+    from apr_ds.engine.info import server_info
+    from apr_ds.engine.openai import OpenAIHandlers
+    for path in ("/server_info", "/get_server_info"):
+        app.router.add_get(path, lambda request: server_info(handlers, request))
+    v1 = OpenAIHandlers(handlers)
+    app.router.add_get("/v1/models", v1.models)
+    app.router.add_post("/v1/completions", v1.completions)
+    app.router.add_post("/v1/chat/completions", v1.chat_completions)
     return app
+
+
+# SGLang lets these through without the key, matched by prefix, for probes and scrapers (utils/auth.py
+# `decide_request_auth`)
+OPEN_PREFIXES = ("/health", "/ready", "/metrics")
 
 
 def _auth_middleware(api_key: str | None):
@@ -85,6 +107,8 @@ def _auth_middleware(api_key: str | None):
 
     @web.middleware
     async def auth(request: web.Request, handler):
+        if request.method == "OPTIONS" or request.path.startswith(OPEN_PREFIXES):
+            return await handler(request)
         if expected is not None and not hmac.compare_digest(request.headers.get("Authorization", "").encode(), expected):
             return web.json_response({"error": "Unauthorized"}, status=401)
         return await handler(request)
