@@ -55,9 +55,11 @@ def _die_with_parent() -> None:
 
 
 # SGLang's CPU engine as the tests run it (shared/docs/sglang-on-cpu.md): the torch attention backend, no CUDA
-# graphs, and a KV pool sized in tokens, since a fraction of "GPU memory" means nothing on a CPU.
+# graphs, and a KV pool sized in tokens, since a fraction of "GPU memory" means nothing on a CPU. An idle SGLang
+# scheduler polls in a busy loop, a whole core taken from the learners and the other servers, unless it may sleep.
 SGLANG_CPU_ARGS = ["--device", "cpu", "--attention-backend", "torch_native", "--disable-cuda-graph",
-                   "--mem-fraction-static", "0.1", "--max-total-tokens", "32768", "--skip-server-warmup"]
+                   "--mem-fraction-static", "0.1", "--max-total-tokens", "32768", "--skip-server-warmup",
+                   "--sleep-on-idle"]
 
 
 def sglang_context_length(max_context: int) -> int:
