@@ -19,7 +19,7 @@ from aiohttp import web
 from apr_ds.engine import openai_protocol as oai
 from apr_ds.engine import protocol
 from apr_ds.engine.protocol import BadRequest
-from apr_ds.engine.streaming import Run, open_sse, partial_text, send_done, send_event
+from apr_ds.engine.streaming import Run, partial_text, send_event, sse_stream
 
 
 def openai_errors(handler):
@@ -106,9 +106,7 @@ class OpenAIHandlers:
         update with the text added since the last one (held back while it may be the start of a stop string)."""
         detokenizer, chat = self.engine.detokenizer, kind.startswith("chat")
         created, sent, logprobs_sent, ids_sent, outputs = int(time.time()), {}, {}, {}, {}
-        sse = await open_sse(request)
-        events = run.events_until_done(request)
-        try:
+        async with sse_stream(request, run) as (sse, events):
             async for index, seq, count, finished in events:
                 if finished:
                     out = outputs[index] = protocol.response(seq, detokenizer, True)
@@ -142,11 +140,6 @@ class OpenAIHandlers:
                 ordered = [outputs[i] for i in sorted(outputs)]
                 usage = {k: v for k, v in oai.usage(ordered, req.n).items() if v is not None}
                 await send_event(sse, oai.envelope(kind, run.seqs[-1].rid, req.model, [], created, usage=usage))
-            await send_done(sse)
-        except ConnectionResetError:
-            pass  # the client went away; closing `events` aborts its sequences
-        finally:
-            await events.aclose()
         return sse
 
 

@@ -18,6 +18,7 @@ incomplete UTF-8 character.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from typing import AsyncIterator
 
@@ -151,6 +152,21 @@ async def open_sse(request: web.Request) -> web.StreamResponse:
     return response
 
 
+@contextlib.asynccontextmanager
+async def sse_stream(request: web.Request, run: "Run"):
+    """An open SSE response and the run's events for the block, closed by `data: [DONE]`. A client that goes away
+    ends the stream quietly: closing the events aborts its sequences."""
+    sse = await open_sse(request)
+    events = run.events_until_done(request)
+    try:
+        yield sse, events
+        await send_done(sse)
+    except ConnectionResetError:
+        pass
+    finally:
+        await events.aclose()
+
+
 async def send_event(response: web.StreamResponse, payload) -> None:
     data = payload if isinstance(payload, str) else json.dumps(payload)
     await response.write(f"data: {data}\n\n".encode())
@@ -187,9 +203,7 @@ async def stream_generate(request: web.Request, run: Run, detokenizer, text_in_l
     """SGLang's streamed /generate (http_server.py `generate_request`): `data: {chunk}` per update, chunks of a
     batch or of n > 1 samples tagged with their "index" (`_stream_batch_responses`), then `data: [DONE]`."""
     from apr_ds.engine.protocol import response
-    sse = await open_sse(request)
-    events = run.events_until_done(request)
-    try:
+    async with sse_stream(request, run) as (sse, events):
         async for index, seq, count, finished in events:
             out = (response(seq, detokenizer, text_in_logprobs) if finished
                    else partial_response(seq, count, detokenizer, text_in_logprobs))
@@ -200,9 +214,4 @@ async def stream_generate(request: web.Request, run: Run, detokenizer, text_in_l
             if indexed:
                 out["index"] = index
             await send_event(sse, out)
-        await send_done(sse)
-    except ConnectionResetError:
-        pass  # the client went away; closing `events` aborts its sequences
-    finally:
-        await events.aclose()
     return sse
