@@ -57,9 +57,7 @@ def start_server(cfg, roles, model_dir: str, log_dir: Path):
     from apr_ds.rollout.server_proc import ServerProcess, resolve_sglang_python, serving_dtype, sglang_device
     rl, rollout_index = cfg.rl, roles.rollout_index
     log_path = str(log_dir / f"server{rollout_index}.log")
-    if rl.server == "url":
-        if len(rl.server_urls) <= rollout_index:
-            raise UserError(f"rl.server=url needs one URL per rollout rank in rl.server_urls; got {len(rl.server_urls)}")
+    if rl.server == "url":  # the choice and the URL count were checked before any rank started (launch.validate)
         return None, rl.server_urls[rollout_index]
     if rl.server == "sglang":
         server = ServerProcess.start_sglang(model_dir, cfg.rollout.max_context,
@@ -67,12 +65,10 @@ def start_server(cfg, roles, model_dir: str, log_dir: Path):
                                             dtype=serving_dtype(rl.precision), device=sglang_device(),
                                             devices=server_devices(cfg, roles), log_path=log_path,
                                             extra_args=rl.server_args, threads=rl.server_threads)
-    elif rl.server == "ours":
+    else:
         server = ServerProcess.start_ours(model_dir, log_path=log_path, threads=rl.server_threads, overrides=[
             f"engine.max_model_len={cfg.rollout.max_context}", f"engine.num_threads={rl.server_threads}",
             f"engine.seed={rl.seed + rollout_index}", *rl.server_args])
-    else:
-        raise UserError(f"rl.server must be ours, sglang or url, got {rl.server!r}")
     (log_dir / f"server{rollout_index}.pid").write_text(f"{server.proc.pid}\n")  # for operators (and the fault tests)
     return server, server.url
 
