@@ -22,23 +22,11 @@ COMMANDS = {
     "report": ("apr_ds.eval.report", "plots and a Markdown table from eval results"),
     "compare": ("apr_ds.eval.compare", "two eval runs on the same problems, paired: both / only A / only B, sign test"),
     "demo": ("apr_ds.demo", "the whole pipeline on the tiny preset: data, SFT, RL, eval, report"),
-    "rl": ("apr_ds.dist.launch", "asynchronous GRPO: ZeRO-3 learner ranks + rollout ranks running spawn/join programs"),
+    "rl": ("apr_ds.launch", "asynchronous GRPO: ZeRO-3 learner ranks + rollout ranks running spawn/join programs"),
     "sft": ("apr_ds.learner.sft", "supervised fine-tuning on the traces (DeepSpeed ZeRO-3; run under a launcher for many ranks)"),
     "export": ("apr_ds.learner.export", "write a Hugging Face model directory from an SFT/RL checkpoint"),
     "serve": ("apr_ds.engine.server", "serve a Hugging Face Llama checkpoint over SGLang's HTTP protocol (CPU)"),
 }
-
-
-def add_config_arguments(parser: argparse.ArgumentParser) -> None:
-    """The config options every config-driven command shares: defaults < preset < --config < key=value."""
-    parser.add_argument("--preset", default="tiny", help="a preset shipped in apr_ds/presets (tiny, cpu, paper)")
-    parser.add_argument("--config", dest="config_file", default=None, help="a YAML file applied after the preset")
-    parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. task.num_train=1000")
-
-
-def config_from_args(args: argparse.Namespace):
-    from apr_ds.config import load_config
-    return load_config(args.preset, args.overrides, args.config_file)
 
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:

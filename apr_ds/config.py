@@ -9,6 +9,7 @@ Each default is written exactly once, here, in the dataclass field.
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import difflib
 import types
@@ -364,6 +365,18 @@ class Config:
 
 
 # ---------------------------------------------------------------------------- loading
+
+
+def add_config_arguments(parser: argparse.ArgumentParser) -> None:
+    """The config options every config-driven command shares: defaults < preset < --config < key=value."""
+    parser.add_argument("--preset", default="tiny", help="a preset shipped in apr_ds/presets (tiny, cpu, paper)")
+    parser.add_argument("--config", dest="config_file", default=None, help="a YAML file applied after the preset")
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. task.num_train=1000")
+
+
+def config_from_args(args: argparse.Namespace):
+    return load_config(args.preset, args.overrides, args.config_file)
+
 
 
 def available_presets() -> list[str]:

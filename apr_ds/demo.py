@@ -27,7 +27,7 @@ import sys
 import time
 from pathlib import Path
 
-from apr_ds.dist.roles import mpiexec_command
+from apr_ds.cluster.roles import mpiexec_command
 from apr_ds.errors import UserError
 
 SHIPPED = Path(__file__).resolve().parents[1] / "checkpoints" / "cpu"
@@ -36,7 +36,7 @@ EVAL_ON_BOTH_CORES = ["eval.servers=2"]
 
 
 def add_arguments(parser) -> None:
-    from apr_ds.cli import add_config_arguments
+    from apr_ds.config import add_config_arguments
     add_config_arguments(parser)
     parser.set_defaults(preset="tiny")
     parser.add_argument("--sft-steps", type=int, default=250, help="SFT steps per method of the fresh tiny run")
@@ -58,7 +58,7 @@ def _run(stage: str, args: list[str], env: dict | None = None) -> float:
 
 
 def main(args) -> int:
-    from apr_ds.cli import config_from_args
+    from apr_ds.config import config_from_args
     cfg = config_from_args(args)
     run_dir = Path(cfg.run_dir if cfg.run_dir != "runs/tiny" else "runs/demo")
     shipped = Path(args.shipped)

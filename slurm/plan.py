@@ -14,7 +14,7 @@ RL layout (ranks 0..L-1 learners, L..L+R-1 rollout ranks, as `apr-ds rl` assigns
     rl.learner_ranks), the rest rollout nodes. Learner nodes run APR_LEARNER_RANKS_PER_NODE ranks (default:
     the GPUs per node, 1 without GPUs); rollout nodes run APR_ROLLOUT_RANKS_PER_NODE ranks (default: GPUs per
     node / APR_ROLLOUT_GPUS, 1 without GPUs). L and R then follow from the nodes and are passed on as overrides.
-GPUs (apr_ds/dist/placement.py): a learner sees every GPU of its node and takes the one of its node-local learner
+GPUs (apr_ds/cluster/placement.py): a learner sees every GPU of its node and takes the one of its node-local learner
 index (LOCAL_RANK); a rollout rank's server gets the next APR_ROLLOUT_GPUS GPUs after the learners' on that node
 (default: the --tp-size in rl.server_args, 1 without one). ranks.tsv's last column holds *positions* in the list of
 GPUs slurm gave the node ("0,1" = its first two), not device indices: task.sh maps them through the task's
@@ -96,7 +96,7 @@ def rl_layout(cfg, hosts: list[str], gpus: int) -> tuple[list[tuple[str, str, st
 
 def gpus_per_server(cfg) -> int:
     """GPUs per rollout rank's server: APR_ROLLOUT_GPUS, else SGLang's --tp-size in rl.server_args (1 without)."""
-    from apr_ds.dist.placement import tp_size_from_server_args
+    from apr_ds.cluster.placement import tp_size_from_server_args
     from apr_ds.errors import UserError
     try:
         tp_size = tp_size_from_server_args(cfg.rl.server_args)
@@ -111,8 +111,8 @@ def gpus_per_server(cfg) -> int:
 
 def gpu_positions(roles: list[tuple[str, str]], gpus: int, per_server: int) -> list[str]:
     """Per rank, its GPUs as positions in its node's GPU list ("0,1"; '' without GPUs), by the same rule the
-    launchers without slurm use (apr_ds/dist/placement.py): learners first, then each server its own."""
-    from apr_ds.dist.placement import plan_node
+    launchers without slurm use (apr_ds/cluster/placement.py): learners first, then each server its own."""
+    from apr_ds.cluster.placement import plan_node
     from apr_ds.errors import UserError
     positions = [""] * len(roles)
     for host in dict.fromkeys(host for host, _ in roles):

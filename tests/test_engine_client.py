@@ -6,7 +6,7 @@ import asyncio
 import pytest
 from aiohttp import web
 
-from apr_ds.dist.ports import free_port
+from apr_ds.cluster.ports import free_port
 from apr_ds.rollout.client import Generation, RolloutClient, ServerError
 from engine_fixtures import run
 

@@ -1,4 +1,4 @@
-"""Where a run listens (apr_ds/dist/net.py, apr_ds/dist/ports.py, the weight group's store): 127.0.0.1 when every
+"""Where a run listens (apr_ds/cluster/net.py, apr_ds/cluster/ports.py, the weight group's store): 127.0.0.1 when every
 rank shares this machine, else an address other nodes can reach, chosen by override or from the hostname.
 
 Nothing here sends traffic beyond 127.0.0.0/8: other addresses only pass through functions that choose, never dial."""
@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from apr_ds.dist import net, ports
+from apr_ds.cluster import net, ports
 from apr_ds.errors import UserError
 
 MULTI_NODE = False
@@ -31,7 +31,7 @@ class FakeComm:
 
 
 def test_processes_of_one_machine_have_one_node_identity():
-    child = subprocess.run([sys.executable, "-c", "from apr_ds.dist.net import node_identity; print(node_identity())"],
+    child = subprocess.run([sys.executable, "-c", "from apr_ds.cluster.net import node_identity; print(node_identity())"],
                            capture_output=True, text=True, check=True)
     assert child.stdout.strip() == net.node_identity()
 
@@ -188,7 +188,7 @@ os._exit(0)
 @pytest.mark.slow  # a second process
 @pytest.mark.parametrize("port_from", ["free_port", "reserve_port"])
 def test_the_weight_groups_store_listens_on_the_address_given_and_a_plain_rendezvous_joins_it(port_from):
-    from apr_ds.dist.weight_group import broadcast_tensors, destroy_weight_group, init_weight_group
+    from apr_ds.cluster.weight_group import broadcast_tensors, destroy_weight_group, init_weight_group
     import torch
 
     port = getattr(ports, port_from)("127.0.0.1")
@@ -212,7 +212,7 @@ def test_the_weight_groups_store_listens_on_the_address_given_and_a_plain_rendez
 
 
 def test_a_store_address_that_is_not_this_machines_says_so():
-    from apr_ds.dist.weight_group import init_weight_group
+    from apr_ds.cluster.weight_group import init_weight_group
     # 203.0.113.0/24 is reserved for documentation: no machine has it, and nothing is sent (bind fails first)
     with pytest.raises(UserError, match=r"cannot listen on 203\.0\.113\.1:.*address must be one of this machine's"):
         init_weight_group("203.0.113.1", ports.free_port(), rank=0, world_size=2, backend="gloo", timeout_s=5)

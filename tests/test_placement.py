@@ -1,4 +1,4 @@
-"""GPU placement on one node (apr_ds/dist/placement.py): learners first, one device each, then each server its own
+"""GPU placement on one node (apr_ds/cluster/placement.py): learners first, one device each, then each server its own
 tp_size devices, from the list the node was given; and the weight group's layout with tensor-parallel servers."""
 
 import subprocess
@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from apr_ds.dist.placement import (node_devices, parse_visible_devices, plan_node, tp_size_from_server_args,
+from apr_ds.cluster.placement import (node_devices, parse_visible_devices, plan_node, tp_size_from_server_args,
                                    visible_devices_value, weight_group_layout)
 from apr_ds.errors import UserError
 
@@ -120,6 +120,6 @@ def test_weight_group_layout_leaves_room_for_every_tp_rank():
 
 
 def test_importing_placement_loads_neither_torch_nor_cuda():
-    code = "import sys, apr_ds.dist.placement; print(sorted(m for m in ('torch', 'deepspeed') if m in sys.modules))"
+    code = "import sys, apr_ds.cluster.placement; print(sorted(m for m in ('torch', 'deepspeed') if m in sys.modules))"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert done.stdout.strip() == "[]", done.stderr

@@ -2,7 +2,7 @@
 
 import socket
 
-from apr_ds.dist import ports
+from apr_ds.cluster import ports
 
 
 def test_ports_come_from_below_the_kernels_ephemeral_range_and_can_be_bound():

@@ -10,7 +10,7 @@ import sys
 import pytest
 import torch
 
-from apr_ds.dist.messages import Regroup, Setup
+from apr_ds.cluster.messages import Regroup, Setup
 from apr_ds.errors import UserError
 from apr_ds.rollout.client import ServerError
 from apr_ds.rollout.rank import RolloutRank, join_weight_group

@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from apr_ds.cli import add_config_arguments, config_from_args  # noqa: E402
+from apr_ds.config import add_config_arguments, config_from_args  # noqa: E402
 from apr_ds.data.build import write_problems  # noqa: E402
 from apr_ds.errors import UserError  # noqa: E402
 from apr_ds.tasks.countdown import problems_beyond_train  # noqa: E402

@@ -28,12 +28,12 @@ SEQUENCE_SPLITS = ("train", "val")
 
 
 def add_arguments(parser) -> None:
-    from apr_ds.cli import add_config_arguments
+    from apr_ds.config import add_config_arguments
     add_config_arguments(parser)
 
 
 def main(args) -> int:
-    from apr_ds.cli import config_from_args
+    from apr_ds.config import config_from_args
     cfg = config_from_args(args)
     started = time.time()
     manifest = build(cfg)

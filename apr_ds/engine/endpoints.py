@@ -241,7 +241,7 @@ class Handlers:
         return await self.weight_call(self.engine.weights.init_group, *args)
 
     async def update_weights_from_distributed(self, request: web.Request) -> web.Response:
-        from apr_ds.dist.weight_group import parse_dtype
+        from apr_ds.cluster.weight_group import parse_dtype
         body = await read_body(request, {"names", "dtypes", "shapes", "group_name", "flush_cache", "abort_all_requests",
                                          "weight_version", "torch_empty_cache"},
                                {"load_format": (None,), "selector": (None, "target", "all")})

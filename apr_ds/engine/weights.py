@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import torch
 
-from apr_ds.dist import weight_group
+from apr_ds.cluster import weight_group
 from apr_ds.engine.llama import LlamaForCausalLM, load_state, read_checkpoint
 from apr_ds.engine.scheduler import Scheduler
 from apr_ds.errors import UserError

@@ -28,7 +28,7 @@ TRAJECTORIES_SUFFIX = ".trajectories.jsonl"
 
 
 def add_arguments(parser) -> None:
-    from apr_ds.cli import add_config_arguments
+    from apr_ds.config import add_config_arguments
     add_config_arguments(parser)
     parser.add_argument("--model", required=True, help="a Hugging Face checkpoint directory (with its tokenizer)")
     parser.add_argument("--method", required=True, choices=["apr", "sosp", "bon"], help="apr, sosp, or bon (best-of-n SoS+)")
@@ -39,7 +39,7 @@ def add_arguments(parser) -> None:
 
 
 def main(args) -> int:
-    from apr_ds.cli import config_from_args
+    from apr_ds.config import config_from_args
     from apr_ds.config import save_config
     from apr_ds.rollout.server_proc import ServerProcess
 

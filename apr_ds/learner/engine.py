@@ -25,7 +25,7 @@ import time
 import warnings
 from pathlib import Path
 
-from apr_ds.dist.ports import claim_port, reserve_port
+from apr_ds.cluster.ports import claim_port, reserve_port
 from apr_ds.errors import UserError
 
 DS_CONFIG_DIR = Path(__file__).resolve().parents[2] / "ds_configs"
@@ -172,7 +172,7 @@ def init_distributed() -> None:
 
     Under torchrun or the deepspeed launcher the environment is complete. Under mpirun/srun we fill it in from
     MPI (DeepSpeed's own MPI discovery would advertise `hostname -I`'s first address even when every rank is on
-    this machine): the address from apr_ds/dist/net.py and a free port rank 0 reserves, so that two jobs on one
+    this machine): the address from apr_ds/cluster/net.py and a free port rank 0 reserves, so that two jobs on one
     machine never collide on a fixed default. Without any launcher this is a world of one, on 127.0.0.1.
     Rank 0 hosts the rendezvous store on that reserved socket, which listens on MASTER_ADDR only (a TCPStore
     torch starts itself listens on every interface); the other ranks join as torch always does.
@@ -200,13 +200,13 @@ def init_distributed() -> None:
 def _export_env_from_mpi() -> None:
     from mpi4py import MPI
 
-    from apr_ds.dist.net import agree_on_host_address
-    from apr_ds.dist.roles import export_torch_env
+    from apr_ds.cluster.net import agree_on_host_address
+    from apr_ds.cluster.roles import export_torch_env
     export_torch_env(MPI.COMM_WORLD, agree_on_host_address(MPI.COMM_WORLD))
 
 
 def _export_env_of_one() -> None:
-    from apr_ds.dist.net import LOOPBACK, keep_listeners_on
+    from apr_ds.cluster.net import LOOPBACK, keep_listeners_on
     keep_listeners_on(LOOPBACK)
     for name, value in (("RANK", "0"), ("LOCAL_RANK", "0"), ("WORLD_SIZE", "1"), ("MASTER_ADDR", LOOPBACK)):
         os.environ.setdefault(name, value)

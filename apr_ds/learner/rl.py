@@ -21,10 +21,10 @@ from pathlib import Path
 
 import numpy as np
 
-from apr_ds.dist.messages import (CONTROL, SERVER_STATUS, Go, Ready, Regroup, ServerBack, ServerDown, Setup, Stop,
+from apr_ds.cluster.messages import (CONTROL, SERVER_STATUS, Go, Ready, Regroup, ServerBack, ServerDown, Setup, Stop,
                                  WeightUpdate)
-from apr_ds.dist.ports import reserve_port
-from apr_ds.dist.transport import balance, group_waiting, recv_group, scatter_shares
+from apr_ds.cluster.ports import reserve_port
+from apr_ds.cluster.transport import balance, group_waiting, recv_group, scatter_shares
 from apr_ds.errors import UserError
 from apr_ds.log import ScalarWriter, get_logger
 
@@ -327,7 +327,7 @@ def rollout_scalars(groups, staleness: list[int], batcher: Batcher, waited_s: fl
 
 
 def run_learner(cfg, roles, model_dir: str, out: Path, resume: str) -> dict:
-    from apr_ds.dist.roles import export_learner_env
+    from apr_ds.cluster.roles import export_learner_env
     from apr_ds.learner.engine import close_distributed, init_distributed, load_ds_config
 
     rl = cfg.rl
@@ -362,9 +362,9 @@ def _run(cfg, roles, model_dir, out, resume, ds_config, settings) -> dict:
 
     from apr_ds.config import save_config
     from apr_ds.data.tokenizer import tokenizer_sha256
-    from apr_ds.dist.roles import Roles  # noqa: F401  (type of `roles`)
-    from apr_ds.dist.placement import tp_size_from_server_args, weight_group_layout
-    from apr_ds.dist.weight_group import default_backend, init_weight_group
+    from apr_ds.cluster.roles import Roles  # noqa: F401  (type of `roles`)
+    from apr_ds.cluster.placement import tp_size_from_server_args, weight_group_layout
+    from apr_ds.cluster.weight_group import default_backend, init_weight_group
     from apr_ds.learner.checkpoint import load_checkpoint, resolve_resume, save_checkpoint
     from apr_ds.learner.loss import LossSettings
     from apr_ds.learner.weights import broadcast_weights, plan_metadata, probe_names, weight_plan
@@ -413,7 +413,7 @@ def _run(cfg, roles, model_dir, out, resume, ds_config, settings) -> dict:
     def regroup() -> None:
         """A restarted server cannot rejoin the old group (a process group keeps its dead member): build a new one."""
         nonlocal group
-        from apr_ds.dist.weight_group import destroy_weight_group
+        from apr_ds.cluster.weight_group import destroy_weight_group
         destroy_weight_group(group)
         port = reserve_port(address)
         for index in range(roles.num_rollouts):

@@ -40,7 +40,7 @@ log = get_logger(__name__)
 
 
 def add_arguments(parser) -> None:
-    from apr_ds.cli import add_config_arguments
+    from apr_ds.config import add_config_arguments
     add_config_arguments(parser)
     parser.add_argument("--resume", default="auto",
                         help="auto (newest complete checkpoint of this run, else start fresh), none, or a checkpoint path")
@@ -49,7 +49,7 @@ def add_arguments(parser) -> None:
 
 
 def main(args) -> int:
-    from apr_ds.cli import config_from_args
+    from apr_ds.config import config_from_args
     train(config_from_args(args), resume=args.resume, stop_after=args.stop_after)
     return 0
 

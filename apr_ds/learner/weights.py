@@ -11,13 +11,13 @@ from __future__ import annotations
 
 def weight_plan(engine, bucket_bytes: int) -> list[list[tuple[str, object]]]:
     """The model's parameters in named order, cut into buckets of about `bucket_bytes` (full sizes)."""
-    from apr_ds.dist.weight_group import plan_buckets
+    from apr_ds.cluster.weight_group import plan_buckets
     return plan_buckets(list(engine.module.named_parameters()), bucket_bytes)
 
 
 def plan_metadata(plan) -> list[dict]:
     """The (names, dtypes, shapes) lists of each bucket, as /update_weights_from_distributed takes them."""
-    from apr_ds.dist.weight_group import bucket_metadata
+    from apr_ds.cluster.weight_group import bucket_metadata
     return [bucket_metadata(bucket) for bucket in plan]
 
 
@@ -31,7 +31,7 @@ def broadcast_weights(plan, group, is_sender: bool, probes: list[str] = (), rows
     sender, the first `rows` rows of each probe parameter as the servers must now report them."""
     import deepspeed
 
-    from apr_ds.dist.weight_group import broadcast_tensors
+    from apr_ds.cluster.weight_group import broadcast_tensors
     sent, seen = 0, {}
     for bucket in plan:
         params = [p for _, p in bucket]

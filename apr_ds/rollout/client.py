@@ -260,7 +260,7 @@ async def connect_weight_group(clients: list[RolloutClient], master_address: str
                                ranks_per_server: list[int] | None = None, timeout_s: float = 300.0):
     """Create the weight group as rank 0 while every server joins at its rank offset (all at once:
     each side blocks in the rendezvous until the others arrive). Returns the learner's group."""
-    from apr_ds.dist import weight_group
+    from apr_ds.cluster import weight_group
 
     backend = backend or weight_group.default_backend()
     ranks_per_server = ranks_per_server or [1] * len(clients)  # an SGLang server joins with its TP size
@@ -301,7 +301,7 @@ async def update_weights(clients: list[RolloutClient], bucket_metadata: list[dic
 async def push_weights(clients: list[RolloutClient], group, buckets: list[list[tuple[str, Any]]], weight_version: str,
                        group_name: str = DEFAULT_GROUP, pause_mode: str = "abort") -> None:
     """Learner rank 0 driving the servers itself: send `buckets` of (name, tensor) through `group`."""
-    from apr_ds.dist import weight_group
+    from apr_ds.cluster import weight_group
 
     def send_bucket(i: int) -> None:
         weight_group.broadcast_tensors(group, [tensor for _, tensor in buckets[i]])

@@ -29,9 +29,9 @@ from pathlib import Path
 
 import numpy as np
 
-from apr_ds.dist.messages import (CONTROL, SERVER_STATUS, Go, GroupHeader, ProgramStats, Ready, Regroup, ServerBack,
+from apr_ds.cluster.messages import (CONTROL, SERVER_STATUS, Go, GroupHeader, ProgramStats, Ready, Regroup, ServerBack,
                                   ServerDown, Setup, Stop, WeightUpdate)
-from apr_ds.dist.transport import PendingSends, send_group
+from apr_ds.cluster.transport import PendingSends, send_group
 from apr_ds.errors import UserError
 from apr_ds.rollout.client import ServerError
 from apr_ds.log import get_logger
@@ -40,11 +40,11 @@ log = get_logger(__name__)
 
 
 def server_devices(cfg, roles) -> list[str] | None:
-    """The GPUs of this rank's SGLang server: its share of the node (apr_ds.dist.placement), under mpiexec or the
+    """The GPUs of this rank's SGLang server: its share of the node (apr_ds.cluster.placement), under mpiexec or the
     deepspeed launcher. None on CPU, and under slurm/task.sh, which already narrowed CUDA_VISIBLE_DEVICES to them."""
     import torch
 
-    from apr_ds.dist.placement import plan_node, tp_size_from_server_args
+    from apr_ds.cluster.placement import plan_node, tp_size_from_server_args
     if os.environ.get("APR_ROLE") == "rollout" or torch.cuda.device_count() == 0:
         return None
     plan = plan_node(roles.node_ranks, tp_size_from_server_args(cfg.rl.server_args), torch.cuda.device_count(),

@@ -20,7 +20,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from apr_ds.dist.ports import free_port
+from apr_ds.cluster.ports import free_port
 from apr_ds.errors import UserError
 
 
@@ -122,7 +122,7 @@ def sglang_command(model_dir: str, max_context: int, *, host: str, port: int, py
 
     `python` (empty: this interpreter) lets SGLang live in a venv of its own. `dtype` is what the learner
     broadcasts (`serving_dtype`): SGLang's `auto` would serve an fp32 export in fp16. `devices` becomes the
-    server's CUDA_VISIBLE_DEVICES (apr_ds.dist.placement). On `device` "cpu" it runs SGLang's CPU engine.
+    server's CUDA_VISIBLE_DEVICES (apr_ds.cluster.placement). On `device` "cpu" it runs SGLang's CPU engine.
     """
     args = [str(arg) for arg in extra_args or []]
     command = [python or sys.executable, "-m", "sglang.launch_server", "--model-path", str(model_dir),

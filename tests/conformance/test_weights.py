@@ -9,8 +9,8 @@ import copy
 import pytest
 import torch
 
-from apr_ds.dist.ports import free_port
-from apr_ds.dist.weight_group import destroy_weight_group
+from apr_ds.cluster.ports import free_port
+from apr_ds.cluster.weight_group import destroy_weight_group
 from apr_ds.rollout.client import RolloutClient, ServerError, connect_weight_group, push_weights
 from servers import SHIPPED_APR
 

@@ -12,7 +12,7 @@ Stages, each timed and written to the summary:
   reload        the export loaded with transformers on CUDA in bf16: logits against fp32 on CPU, then prefill and
                 decode tokens/s
   engine        our inference engine's forward on CUDA, if apr_ds.engine has a device option (it says so if not)
-  weight_group  apr_ds.dist.weight_group's NCCL group (the path SGLang's /init_weights_update_group takes) with
+  weight_group  apr_ds.cluster.weight_group's NCCL group (the path SGLang's /init_weights_update_group takes) with
                 learner rank 0 alone: communicator set-up and a broadcast.
 
 What one GPU cannot test: the weight group between two processes. NCCL refuses two ranks of one communicator on
@@ -174,8 +174,8 @@ class Smoke:
     def weight_group(self) -> dict:
         import torch
 
-        from apr_ds.dist.ports import free_port
-        from apr_ds.dist.weight_group import broadcast_tensors, destroy_weight_group, init_weight_group
+        from apr_ds.cluster.ports import free_port
+        from apr_ds.cluster.weight_group import broadcast_tensors, destroy_weight_group, init_weight_group
         backend = "gloo" if self.dry_run else "nccl"
         if backend == "nccl":
             torch.cuda.set_device(0)

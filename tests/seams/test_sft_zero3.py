@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from launching import launch as _launch
 
-from apr_ds.dist.ports import free_port
+from apr_ds.cluster.ports import free_port
 
 pytestmark = pytest.mark.slow
 

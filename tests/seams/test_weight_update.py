@@ -12,8 +12,8 @@ import hashlib
 import pytest
 import torch
 
-from apr_ds.dist.ports import free_port
-from apr_ds.dist.weight_group import bucket_metadata, broadcast_tensors, destroy_weight_group, plan_buckets
+from apr_ds.cluster.ports import free_port
+from apr_ds.cluster.weight_group import bucket_metadata, broadcast_tensors, destroy_weight_group, plan_buckets
 from apr_ds.rollout.client import RolloutClient, ServerError, connect_weight_group, push_weights
 from engine_fixtures import run, save_model, serve, wait_for_load
 

@@ -18,7 +18,7 @@ import pytest
 from launching import launch as _launch
 from slurm_cluster import BIN, ENV, REPO, new_run
 
-from apr_ds.dist.ports import free_port
+from apr_ds.cluster.ports import free_port
 
 pytestmark = pytest.mark.slow
 

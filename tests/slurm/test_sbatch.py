@@ -180,7 +180,7 @@ def test_train_sbatch_completes_with_tensorboard_and_checkpoint(slurm, sft_job, 
     work.mkdir()
     steps = 2
     # --time: slurm itself ends a hung job (state TIMEOUT) long before the test's own bound. (A rollout rank once
-    # hung at shutdown waiting on trajectory sends nobody received; apr_ds/dist/launch.py finish() drains them.)
+    # hung at shutdown waiting on trajectory sends nobody received; apr_ds/launch.py finish() drains them.)
     job_id = slurm.submit("train.sbatch", "--preset", "tiny", f"run_dir={run_dir}", f"rl.init_model={sft_run}/sft/apr/hf",
                           "rl.learner_ranks=1", "rl.rollout_ranks=1", f"rl.steps={steps}", "rl.prompts_per_step=2",
                           "rl.group_size=2", "rl.save_every=1", "rl.micro_batch=2", "rollout.max_context=256",

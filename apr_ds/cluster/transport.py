@@ -12,7 +12,7 @@ import time
 
 import numpy as np
 
-from apr_ds.dist.messages import GROUP_DATA, GROUP_HEADER, SHARE, GroupHeader
+from apr_ds.cluster.messages import GROUP_DATA, GROUP_HEADER, SHARE, GroupHeader
 
 
 class PendingSends:

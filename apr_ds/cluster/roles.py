@@ -4,7 +4,7 @@ The world comes from whatever started us: `mpiexec`/`mpirun`, `srun` (PMI/PMIx),
 `deepspeed --launcher openmpi|mpich|slurm`. Learners then build their own torch.distributed group
 among themselves: `export_learner_env` shares MASTER_ADDR/MASTER_PORT over MPI and sets RANK,
 WORLD_SIZE and LOCAL_RANK from the learner sub-communicator, so DeepSpeed never sees the rollout ranks.
-Every rank listens on `Roles.host_address` only: 127.0.0.1 when all ranks share this machine (apr_ds/dist/net.py).
+Every rank listens on `Roles.host_address` only: 127.0.0.1 when all ranks share this machine (apr_ds/cluster/net.py).
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ import shutil
 import sys
 from dataclasses import dataclass
 
-from apr_ds.dist.net import agree_on_host_address, loopback_mpi_env
-from apr_ds.dist.ports import reserve_port
+from apr_ds.cluster.net import agree_on_host_address, loopback_mpi_env
+from apr_ds.cluster.ports import reserve_port
 from apr_ds.errors import UserError
 
 # Set by the MPI process managers we know (MPICH/hydra, Open MPI, PMIx, slurm's PMI2).
@@ -52,7 +52,7 @@ class Roles:
     role_comm: object
     """Learners among themselves, or rollout ranks among themselves."""
     host_address: str
-    """What this rank listens on and advertises (apr_ds.dist.net.agree_on_host_address)."""
+    """What this rank listens on and advertises (apr_ds.cluster.net.agree_on_host_address)."""
     node_ranks: list[tuple[int, str]]
     """(world rank, "learner" or "rollout") of every rank on this node: the input of the GPU placement plan."""
 

@@ -30,7 +30,7 @@ from apr_ds.errors import UserError
 
 
 def add_arguments(parser) -> None:
-    from apr_ds.cli import add_config_arguments
+    from apr_ds.config import add_config_arguments
     add_config_arguments(parser)
     parser.add_argument("--resume", default="auto", help="auto (newest complete checkpoint, else fresh), none, or a path")
 
@@ -112,8 +112,8 @@ def _stop(signum, frame) -> None:
 
 
 def main(args) -> int:
-    from apr_ds.cli import config_from_args
-    from apr_ds.dist.roles import in_mpi_world, mpiexec_command
+    from apr_ds.config import config_from_args
+    from apr_ds.cluster.roles import in_mpi_world, mpiexec_command
 
     cfg = config_from_args(args)
     validate(cfg)
@@ -144,7 +144,7 @@ def finish(roles) -> None:
     gets here once its sends to rank 0 are done, and a send past MPI's eager size completes only when received."""
     from mpi4py import MPI
 
-    from apr_ds.dist.transport import group_waiting, recv_group
+    from apr_ds.cluster.transport import group_waiting, recv_group
     request = MPI.COMM_WORLD.Ibarrier()
     while not request.Test():
         while roles.rank == 0 and group_waiting(roles.world):
@@ -155,7 +155,7 @@ def finish(roles) -> None:
 def run_rank(cfg, resume: str) -> int:
     from mpi4py import MPI
 
-    from apr_ds.dist.roles import assign_roles
+    from apr_ds.cluster.roles import assign_roles
     try:
         roles = assign_roles(cfg.rl.learner_ranks, cfg.rl.rollout_ranks)
     except UserError:  # every rank finds the same mismatch, so all leave cleanly (no Abort to lose the message)

@@ -7,7 +7,7 @@ PrefixStore(group_name), handed to torch's `_new_process_group_helper`. A plain
 Both sides must call `init_weight_group` at the same time (each blocks until all ranks joined).
 
 Rank 0 hosts the store on a socket that listens on `master_address` alone (torch's own TCPStore would listen
-on every interface): the socket `apr_ds.dist.ports.reserve_port` set aside for that port, else one bound here.
+on every interface): the socket `apr_ds.cluster.ports.reserve_port` set aside for that port, else one bound here.
 The other ranks connect with a plain `rendezvous("tcp://address:port")`, exactly as SGLang does.
 
 Tensors travel in a fixed order: the sender broadcasts a bucket's tensors in list order and every
@@ -64,14 +64,14 @@ def init_weight_group(master_address: str, master_port: int, rank: int, world_si
 def host_store(address: str, port: int, world_size: int, timeout: datetime.timedelta) -> dist.TCPStore:
     """The TCPStore a rendezvous at tcp://address:port would start on rank 0, but listening on `address` only.
     Blocks until `world_size` ranks (this one included) have connected, as that one does."""
-    from apr_ds.dist.ports import claim_port, listening_socket
+    from apr_ds.cluster.ports import claim_port, listening_socket
     listener = claim_port(address, port)
     if listener is None:
         try:
             listener = listening_socket(address, port)
         except OSError as e:
             raise UserError(f"cannot listen on {address}:{port} for a rendezvous store ({e.strerror}); the address must "
-                            f"be one of this machine's (apr_ds/dist/net.py chooses it) and the port free") from None
+                            f"be one of this machine's (apr_ds/cluster/net.py chooses it) and the port free") from None
     # the store owns the socket from here, and closes it when it is destroyed
     return dist.TCPStore(address, port, world_size, is_master=True, timeout=timeout, wait_for_workers=True,
                          master_listen_fd=listener.detach(), use_libuv=True)
