@@ -16,7 +16,7 @@ the 1-minute load average is recorded in the JSON.
 4. Where decode time goes: the engine in-process, a decode step split into scheduler, batch
    preparation, attention / MLP / other layers, sampling; plus the top torch ops by self CPU time.
 
-Same random ~5M-parameter Llama (cpu-facts.md §5's size, our domain tokenizer's vocabulary) throughout.
+Same random ~5M-parameter Llama (apr_ds.engine.toy's `5m` size, our domain tokenizer's vocabulary) throughout.
 Writes at least tokens_per_s, hf_generate_tokens_per_s, speedup_at_64, prefix_cache_hit_ratio to --json.
 """
 

@@ -2,11 +2,11 @@
 program) against now (only the solved programs' sequences), side by side on one ZeRO-3 rank.
 
     python tools/bench_rl_learner.py --json runs/bench_rl_learner.json        # ~2 min on 2 cores
-    python tools/bench_rl_learner.py --groups 32 --rounds 1                   # configuration 19's batch
+    python tools/bench_rl_learner.py --groups 32 --rounds 1                   # 32 x 8 a step, the shipped RL recipe's batch
 
 Both sides run apr_ds.learner.rl.train_step (proximal log-probs, then rl.ppo_epochs forward/backward/step) with
 the `cpu` preset's model, micro-batch and temperature on the same synthetic batch, one thread. The batch is
-shaped like the cpu task's rollouts (docs/results.md: about 1,370 tokens per program): each program is a parent
+shaped like the cpu task's rollouts (about 1,370 tokens per program): each program is a parent
 call, three child calls and the parent's continuation, solved with probability --solved (the cpu task's training
 reward is 0.08-0.17). Groups with no solved program are left out of both sides, as the learner already did before
 it skipped. Both sides normalise by the same sequences, so they make the same update

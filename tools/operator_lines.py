@@ -5,8 +5,9 @@
 For each file: per operator (+ * - /) the explored lines, the fraction right and how many have no right result
 (a smaller number first, an inexact division); then how many of its problems cannot be solved without a division,
 and how many of those it solved. A model trained with `rl.line_penalty` can stop dividing instead of dividing
-right (docs/results.md, configuration 22); this shows whether that costs it problems. Last, per 1,000 problems, the
-complete `Current State` / `Exploring Operation` / `Generated Node` lines that do not parse (configurations 23-24).
+right; this shows whether that costs it problems. Last, per 1,000 problems, the complete `Current State` /
+`Exploring Operation` / `Generated Node` lines that do not parse: a penalised model can move its mistakes into
+lines no check reads.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from apr_ds.eval.lines import malformed_counts, operator_counts  # noqa: E402
+from apr_ds.tasks.countdown_lines import malformed_counts, operator_counts  # noqa: E402
 from apr_ds.tasks.countdown import Problem, solve  # noqa: E402
 
 
