@@ -4,8 +4,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from apr_ds.config import SolverConfig, TaskConfig
-from apr_ds.tasks.countdown import Problem, combine, heldout_targets, make_splits, problems_beyond_train, solve, verify
-from apr_ds.tasks.solvers import problem_rng, solve_apr, solve_sosp
+from apr_ds.tasks.countdown import Problem, combine, heldout_targets, make_splits, problems_beyond_train, solve
+from apr_ds.tasks.countdown_solvers import solve_apr, solve_sosp
+from apr_ds.tasks.countdown_verify import verify
+from apr_ds.tasks.task import problem_rng
 
 
 def test_combine_follows_apr_rules():
@@ -117,7 +119,7 @@ def _solution_number_spans(out, path):
 @given(problems, st.integers(0, 10_000), st.data())
 def test_every_single_corruption_of_a_solution_fails(problem, seed, data):
     """Change any one number of the solution path (operands, results, states, target): the verifier must reject it."""
-    from apr_ds.tasks.countdown import extract_solution_path
+    from apr_ds.tasks.countdown_verify import extract_solution_path
     out = _solved_output(problem, data.draw(st.sampled_from(["sosp", "apr"])), seed)
     if out is None:
         return

@@ -47,7 +47,7 @@ def test_eval_against_a_url_scores_the_solver_traces(run_dir, tmp_path):
     from apr_ds.rollout.server_proc import ServerProcess
     from apr_ds.tasks import get_task
     from apr_ds.tasks.countdown import Problem
-    from apr_ds.tasks.solvers import problem_rng
+    from apr_ds.tasks.task import problem_rng
     cfg = load_config("tiny")
     task = get_task(cfg)
     problems = [Problem.from_json(json.loads(x)) for x in (run_dir / "data" / "problems" / "test.jsonl").read_text().splitlines()]
@@ -76,7 +76,7 @@ def test_eval_splits_the_problems_over_several_urls(run_dir, tmp_path):
     from apr_ds.rollout.server_proc import ServerProcess
     from apr_ds.tasks import get_task
     from apr_ds.tasks.countdown import Problem
-    from apr_ds.tasks.solvers import problem_rng
+    from apr_ds.tasks.task import problem_rng
     task = get_task(load_config("tiny"))
     problems = [Problem.from_json(json.loads(x)) for x in (run_dir / "data" / "problems" / "test.jsonl").read_text().splitlines()]
     runs = [task.solve(p, "sosp", problem_rng(9, "sosp", i)) for i, p in enumerate(problems)]
@@ -102,7 +102,7 @@ def test_eval_splits_the_problems_over_several_urls(run_dir, tmp_path):
 @pytest.mark.parametrize("args, message", [
     (["--method", "apr", "eval.servers=0"], "eval.servers"),
     (["--method", "apr", "--url", "http://127.0.0.1:9", "eval.servers=2"], "with --url, pass --url once per server"),
-    (["--method", "apr", "eval.split=nosuch"], "no problems file"),
+    (["--method", "apr", "eval.problems_file=nosuch.jsonl"], "no problems file"),
     (["--method", "bon", "eval.n=4"], "best-of-n with eval.n > 1 needs sampling"),
     (["--method", "apr", "eval.num_problem=3"], "did you mean 'eval.num_problems'"),
     (["--method", "apr", "eval.context_windows=[512,9999]"], "eval.context_windows must lie in [1, rollout.max_context"),

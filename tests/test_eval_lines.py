@@ -2,7 +2,7 @@
 
 import math
 
-from apr_ds.eval.lines import count_lines, line_diagnostics
+from apr_ds.tasks.countdown_lines import count_lines, line_diagnostics
 
 TRACE = """Current State: 24:[3, 8, 2, 5], Operations: []
 Exploring Operation: 8-3=5, Resulting Numbers: [2, 5, 5]
@@ -55,7 +55,7 @@ def test_join_blocks_are_not_counted_and_empty_input_is_nan():
 
 
 def test_operator_counts_split_the_arithmetic_by_operator():
-    from apr_ds.eval.lines import operator_counts
+    from apr_ds.tasks.countdown_lines import operator_counts
     counts = operator_counts([TRACE])
     # -: 8-3=5 right, 5-2=3 right, 2-5=3 (smaller first); *: 8*3=25 wrong, 5*5=25 right; +: 9+2=11 (right sum of
     # an absent operand); /: none. The join block's 1+1=7 is not counted.
@@ -90,7 +90,8 @@ def _solver_texts(run):
 def test_every_line_the_solvers_write_is_well_formed():
     from apr_ds.config import SolverConfig
     from apr_ds.tasks.countdown import Problem
-    from apr_ds.tasks.solvers import problem_rng, solve_apr, solve_sosp
+    from apr_ds.tasks.countdown_solvers import solve_apr, solve_sosp
+    from apr_ds.tasks.task import problem_rng
     problems = [Problem((3 + i % 7, 8, 2 + i % 5, 5 + i % 11), 10 + i % 20) for i in range(40)]
     for solve in (solve_sosp, solve_apr):
         texts = [t for i, p in enumerate(problems) for t in _solver_texts(solve(p, SolverConfig(), problem_rng(0, "x", i)))]

@@ -1,7 +1,11 @@
 """The metric formulas on hand-built trajectory trees (formulas: apr_ds/rollout/trajectory.py)."""
 
-from apr_ds.eval.metrics import claimed_answer, cons_at_n, cumulative_accuracy, pass_at_n, summarize
+from apr_ds.config import load_config
+from apr_ds.eval.metrics import cons_at_n, cumulative_accuracy, pass_at_n, summarize
 from apr_ds.rollout.trajectory import Segment, Thread, Trajectory
+from apr_ds.tasks import get_task
+
+TASK = get_task(load_config("tiny"))
 
 
 def seg(prompt, output):
@@ -44,7 +48,7 @@ def test_cumulative_accuracy_by_window():
     a, b = tree(), tree()
     b.correct = False
     assert cumulative_accuracy([a, b], [40, 46, 100]) == {40: 0.0, 46: 0.5, 100: 0.5}
-    s = summarize([a, b], [46])
+    s = summarize([a, b], [46], TASK)
     assert s["accuracy"] == 0.5 and s["mean_total_tokens"] == 103 and s["children_per_spawn"] == 2
     assert s["cumulative_accuracy"] == {"46": 0.5}
 
@@ -64,9 +68,9 @@ def test_pass_and_cons_at_n():
     right = _answer(PATH.format(a="1+2=3", b="3+3=6"), True)
     wrong = _answer(PATH.format(a="1*2=2", b="3+3=7"), False)
     nothing = _answer("No solution found.", False)
-    assert claimed_answer(right.root.text) == ("1+2=3", "3+3=6") and claimed_answer("No solution found.") is None
+    assert TASK.claimed_answer(right.root.text) == ("1+2=3", "3+3=6") and TASK.claimed_answer("No solution found.") is None
     assert pass_at_n([wrong, right]) and not pass_at_n([wrong, nothing])
-    assert cons_at_n([wrong, right, right]) and not cons_at_n([wrong, wrong, right])
-    assert cons_at_n([nothing, nothing, right])  # samples without a claimed path do not vote
-    assert not cons_at_n([wrong, right])  # a tie goes to the earliest sample
-    assert not cons_at_n([nothing])
+    assert cons_at_n([wrong, right, right], TASK) and not cons_at_n([wrong, wrong, right], TASK)
+    assert cons_at_n([nothing, nothing, right], TASK)  # samples without a claimed path do not vote
+    assert not cons_at_n([wrong, right], TASK)  # a tie goes to the earliest sample
+    assert not cons_at_n([nothing], TASK)

@@ -6,11 +6,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from apr_ds.config import SolverConfig
-from apr_ds.lang import CALL_CLOSE, CALL_OPEN, SpawnError, child_result, ends_with_spawn, join_text, parse_spawn
-from apr_ds.lang.render import JOIN_CLOSE
-from apr_ds.tasks.countdown import Problem, verify
-from apr_ds.tasks.solvers import problem_rng, solve_apr
+from apr_ds.config import SolverConfig, TaskConfig
+from apr_ds.lang import CALL_CLOSE, CALL_OPEN, JOIN_CLOSE, SpawnError, ends_with_spawn
+from apr_ds.tasks.countdown import Problem
+from apr_ds.tasks.countdown_solvers import solve_apr
+from apr_ds.tasks.countdown_task import CountdownTask
+from apr_ds.tasks.task import problem_rng
+
+TASK = CountdownTask(TaskConfig(), SolverConfig())
+parse_spawn, child_result, join_text, verify = TASK.parse_spawn, TASK.child_result, TASK.join_text, TASK.verify
 
 PROBLEM = Problem((22, 26, 31, 53), 27)
 
@@ -30,7 +34,7 @@ def _check_round_trip(run):
         assert ends_with_spawn(parent_output)
         spawn = parse_spawn(parent_output)
         assert not isinstance(spawn, SpawnError), spawn
-        assert [c.prompt() for c in spawn.children] == [child.prompt for child in spawn_children]
+        assert [TASK.child_prompt(c) for c in spawn.children] == [child.prompt for child in spawn_children]
         results = [child_result(child.main_calls[-1].rstrip("\n")) for child in spawn_children]
         joined = join_text(spawn, results)
         assert run.main_calls[k + 1].startswith(joined)
@@ -76,10 +80,10 @@ BLOCK = ("<Calling Sub Searches>\n<Start Sub Search 0 at level 1> Moving to Node
 def test_parse_a_spawn_and_build_child_prompts():
     spawn = parse_spawn(PARENT + BLOCK + "\n")
     assert spawn and spawn.level == 1 and spawn.prefix == PARENT
-    assert [c.prompt() for c in spawn.children] == [
+    assert [TASK.child_prompt(c) for c in spawn.children] == [
         "Moving to Node #0,1\nCurrent State: 27:[22, 31, 27], Operations: ['53-26=27']",
         "Moving to Node #0,0\nCurrent State: 27:[26, 31, 31], Operations: ['53-22=31']"]
-    assert spawn.children[0].prompt(token_budget=1024).startswith("Token Budget: 1024 Moving to Node #0,1\n")
+    assert TASK.child_prompt(spawn.children[0], token_budget=1024).startswith("Token Budget: 1024 Moving to Node #0,1\n")
 
 
 @pytest.mark.parametrize("text, kind", [
@@ -107,7 +111,7 @@ def test_without_the_numbers_check_a_child_starts_from_the_state_its_parent_clai
     wrong = PARENT.replace("[22, 31, 27] Operation", "[22, 31, 28] Operation") + BLOCK
     assert parse_spawn(wrong).kind == "wrong_numbers"
     spawn = parse_spawn(wrong, check_numbers=False)
-    assert spawn.children[0].prompt() == "Moving to Node #0,1\nCurrent State: 27:[22, 31, 28], Operations: ['53-26=27']"
+    assert TASK.child_prompt(spawn.children[0]) == "Moving to Node #0,1\nCurrent State: 27:[22, 31, 28], Operations: ['53-26=27']"
     orphan = (PARENT + BLOCK).replace("Generated Node #0,1:", "Generated Node #5,1:").replace("Node #0,1\n", "Node #5,1\n")
     assert parse_spawn(orphan, check_numbers=False).kind == "wrong_numbers"  # its parent never appears: structural
 

@@ -11,12 +11,16 @@ import random
 
 from apr_ds.config import RolloutConfig, SolverConfig, load_config
 from apr_ds.data.tokenizer import build_tokenizer
-from apr_ds.lang import SpawnError, child_result, ends_with_spawn, join_text, parse_spawn
+from apr_ds.lang import SpawnError, ends_with_spawn
 from apr_ds.rollout.client import Generation
 from apr_ds.rollout.runtime import ProgramRunner
 from apr_ds.tasks import get_task
-from apr_ds.tasks.countdown import Problem, verify
-from apr_ds.tasks.solvers import problem_rng, solve_apr
+from apr_ds.tasks.countdown import Problem
+from apr_ds.tasks.countdown_solvers import solve_apr
+from apr_ds.tasks.task import problem_rng
+
+TASK = get_task(load_config("tiny"))
+parse_spawn, child_result, join_text, verify = TASK.parse_spawn, TASK.child_result, TASK.join_text, TASK.verify
 
 PIECES = ["Moving to Node #", "Current State: ", "Generated Node #", "Exploring Operation: ", ", Resulting Numbers: ",
           " Operation: ", ", Operations: ", "<Calling Sub Searches>", "<End Calling Sub Searches>", "<Sub Searches>",
@@ -80,7 +84,7 @@ def test_ten_thousand_random_and_mutated_outputs():
             assert spawn.kind and spawn.message
         else:
             spawns += 1
-            assert spawn.children and all(c.prompt().startswith("Moving to Node #") for c in spawn.children)
+            assert spawn.children and all(TASK.child_prompt(c).startswith("Moving to Node #") for c in spawn.children)
             results = [child_result(mutate(text, rng)) for _ in spawn.children]
             assert join_text(spawn, results).startswith(spawn.prefix)
         child_result(text)

@@ -24,7 +24,7 @@ def test_a_shipped_model_matches_its_checksums_and_writes_traces(name):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from apr_ds.lang.render import apr_prompt, sosp_prompt
+    from apr_ds.tasks.countdown_trace import apr_prompt, sosp_prompt
     entry, folder = MANIFEST["models"][name], SHIPPED / name
     assert {p.name for p in folder.iterdir() if p.is_file()} == set(entry["files"])
     for file, digest in entry["files"].items():

@@ -3,7 +3,8 @@ from transformers import AutoTokenizer
 from apr_ds.config import SolverConfig
 from apr_ds.data.tokenizer import build_tokenizer, decode, encode, save_tokenizer, tokenizer_sha256, vocabulary
 from apr_ds.tasks.countdown import Problem
-from apr_ds.tasks.solvers import problem_rng, solve_apr, solve_sosp
+from apr_ds.tasks.countdown_solvers import solve_apr, solve_sosp
+from apr_ds.tasks.task import problem_rng
 
 
 def test_special_ids_match_llama():

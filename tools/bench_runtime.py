@@ -84,7 +84,7 @@ def main() -> None:
             for name, method, sequential in (("sosp", "sosp", False), ("apr", "apr", False), ("apr_sequential_children", "apr", True)):
                 started = time.time()
                 trajectories = asyncio.run(run_method(server.url, tokenizer, cfg, problems, method, sequential))
-                results[name] = {**summarize(trajectories, [512, 768, 1024]), "wall_s": time.time() - started}
+                results[name] = {**summarize(trajectories, [512, 768, 1024], get_task(cfg)), "wall_s": time.time() - started}
                 print(f"{name}: {results[name]['mean_latency_s']:.2f} s/problem, accuracy {results[name]['accuracy']:.1%}", flush=True)
     out = {
         "problems": len(problems),

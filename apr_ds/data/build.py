@@ -6,7 +6,7 @@
 
 Writes under `{run_dir}/data/`:
     config.yaml                       the resolved config
-    problems/{train,val,test,test_unseen_targets}.jsonl    {"nums": [...], "target": T}
+    problems/{train,val,test,test_unseen_targets}.jsonl    one problem a line (the task's JSON form)
     traces/{sosp,apr}/{train,val}.jsonl                     solver call trees (one per problem)
     sequences/{sosp,apr}/{train,val}.jsonl                  {"text", "problem", "role"}
     tokens/{sosp,apr}/{train,val}.npz                       ids (int32, bos+text+eos per sequence), offsets (int64)
@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 from apr_ds.config import METHODS
+from apr_ds.tasks.task import problem_rng
 
 SEQUENCE_SPLITS = ("train", "val")
 
@@ -53,7 +54,7 @@ def _jsonl(rows) -> bytes:
 
 
 def write_problems(path: Path, problems) -> None:
-    """A problems JSONL (`{"nums": [...], "target": T}` a line), what `eval.problems_file` and the splits read."""
+    """A problems JSONL (one problem's JSON form a line), what `eval.problems_file` and `Task.load_problems` read."""
     _write_atomic(path, _jsonl(p.to_json() for p in problems))
 
 
@@ -61,7 +62,6 @@ _TASK = None  # set in the parent before the pool forks, so workers inherit it
 
 
 def _solve_job(job):
-    from apr_ds.tasks.solvers import problem_rng
     method, split, index, problem, seed = job
     return _TASK.solve(problem, method, problem_rng(seed, method, f"{split}:{index}"))
 
@@ -77,29 +77,27 @@ def solve_all(method: str, split: str, problems, cfg, pool, progress) -> list:
 
 
 def build(cfg) -> dict:
-    import numpy as np
-    from tqdm import tqdm
-
     from apr_ds.config import save_config
-    from apr_ds.data.sequences import run_to_json, run_to_sequences
-    from apr_ds.data.tokenizer import encode, install_tokenizer, tokenizer_sha256
-    from apr_ds.errors import UserError
+    from apr_ds.data.tokenizer import install_tokenizer
     from apr_ds.tasks import get_task
 
     global _TASK
     task = _TASK = get_task(cfg)
-    if cfg.data.over_length not in ("drop", "keep"):
-        raise UserError(f"data.over_length must be drop or keep, got {cfg.data.over_length!r}")
-    if cfg.data.workers < 1:
-        raise UserError(f"data.workers must be >= 1, got {cfg.data.workers}")
-    for method in METHODS:
-        low, high = getattr(cfg.solver, f"{method}_min_beam"), getattr(cfg.solver, f"{method}_max_beam")
-        if not 1 <= low <= high:
-            raise UserError(f"solver.{method}_min_beam must be between 1 and solver.{method}_max_beam, got {low}..{high}")
     out = Path(cfg.run_dir) / "data"
     save_config(cfg, out)
-    tokenizer = install_tokenizer(out / "tokenizer", cfg.data.tokenizer)
+    tokenizer = install_tokenizer(out / "tokenizer", cfg.data.tokenizer, task.trace_phrases)
+    splits = make_problems(task, cfg, out)
+    stats = write_methods(splits, cfg, tokenizer, out)
+    manifest = make_manifest(task, cfg, splits, tokenizer, stats, out)
+    _write_atomic(out / "manifest.json", (json.dumps(manifest, indent=2) + "\n").encode())
+    return manifest
 
+
+def make_problems(task, cfg, out: Path) -> dict[str, list]:
+    """Draw the task's problem splits and write them to problems/{split}.jsonl."""
+    from tqdm import tqdm
+
+    from apr_ds.errors import UserError
     total = sum([cfg.task.num_train, cfg.task.num_val, cfg.task.num_test, cfg.task.num_test_unseen_targets])
     with tqdm(total=total, desc="problems", unit="pb", dynamic_ncols=True) as bar:
         try:
@@ -108,7 +106,13 @@ def build(cfg) -> dict:
             raise UserError(str(e)) from None
     for name, problems in splits.items():
         write_problems(out / "problems" / f"{name}.jsonl", problems)
+    return splits
 
+
+def write_methods(splits: dict[str, list], cfg, tokenizer, out: Path) -> dict:
+    """Solve every sequence split with every method and write its traces, sequences and tokens.
+    Returns the statistics per method and split."""
+    from tqdm import tqdm
     pool = None
     if cfg.data.workers > 1:
         import multiprocessing as mp
@@ -121,29 +125,48 @@ def build(cfg) -> dict:
                 problems = splits[split]
                 with tqdm(total=len(problems), desc=f"solve {method}/{split}", unit="pb", dynamic_ncols=True) as bar:
                     runs = solve_all(method, split, problems, cfg, pool, bar)
-                _write_atomic(out / "traces" / method / f"{split}.jsonl", _jsonl(run_to_json(r) for r in runs))
-                condition = {"sosp": "token_budget" if cfg.data.sosp_token_budget else "none",
-                             "apr": "sub_calls" if cfg.data.apr_sub_call_budget else "none"}[method]
-                seqs, token_lists, split_stats = _sequences(runs, condition, cfg, tokenizer, encode)
-                _write_atomic(out / "sequences" / method / f"{split}.jsonl", _jsonl(s.to_json() for s in seqs))
-                ids = np.concatenate([np.asarray(t, dtype=np.int32) for t in token_lists]) if token_lists else np.zeros(0, np.int32)
-                offsets = np.zeros(len(token_lists) + 1, dtype=np.int64)
-                offsets[1:] = np.cumsum([len(t) for t in token_lists])
-                path = out / "tokens" / method / f"{split}.npz"
-                path.parent.mkdir(parents=True, exist_ok=True)
-                np.savez(str(path) + ".tmp.npz", ids=ids, offsets=offsets)
-                os.replace(str(path) + ".tmp.npz", path)
-                stats[method][split] = split_stats
+                stats[method][split] = write_runs(method, split, runs, cfg, tokenizer, out)
     finally:
         if pool:
             pool.close()
             pool.join()
+    return stats
 
-    manifest = {
+
+def write_runs(method: str, split: str, runs, cfg, tokenizer, out: Path) -> dict:
+    """Write one method's split: its solver runs, the SFT sequences kept from them and their token ids.
+    Returns the split's statistics."""
+    from apr_ds.data.sequences import run_to_json
+    from apr_ds.data.tokenizer import encode
+    _write_atomic(out / "traces" / method / f"{split}.jsonl", _jsonl(run_to_json(r) for r in runs))
+    condition = {"sosp": "token_budget" if cfg.data.sosp_token_budget else "none",
+                 "apr": "sub_calls" if cfg.data.apr_sub_call_budget else "none"}[method]
+    seqs, token_lists, split_stats = _sequences(runs, condition, cfg, tokenizer, encode)
+    _write_atomic(out / "sequences" / method / f"{split}.jsonl", _jsonl(s.to_json() for s in seqs))
+    _write_tokens(out / "tokens" / method / f"{split}.npz", token_lists)
+    return split_stats
+
+
+def _write_tokens(path: Path, token_lists: list[list[int]]) -> None:
+    """All sequences' ids end to end (int32) and where each starts (int64 offsets, one more than sequences)."""
+    import numpy as np
+    ids = np.concatenate([np.asarray(t, dtype=np.int32) for t in token_lists]) if token_lists else np.zeros(0, np.int32)
+    offsets = np.zeros(len(token_lists) + 1, dtype=np.int64)
+    offsets[1:] = np.cumsum([len(t) for t in token_lists])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(str(path) + ".tmp.npz", ids=ids, offsets=offsets)
+    os.replace(str(path) + ".tmp.npz", path)
+
+
+def make_manifest(task, cfg, splits: dict[str, list], tokenizer, stats: dict, out: Path) -> dict:
+    import dataclasses
+
+    from apr_ds.data.tokenizer import tokenizer_sha256
+    return {
         "format": 1,
         "task": task.name,
         "seed": cfg.task.seed,
-        "config": json.loads(json.dumps(__import__("dataclasses").asdict(cfg))),
+        "config": json.loads(json.dumps(dataclasses.asdict(cfg))),
         "problems": {name: len(p) for name, p in splits.items()},
         "tokenizer_sha256": tokenizer_sha256(out / "tokenizer"),
         "vocab_size": len(tokenizer),
@@ -152,8 +175,6 @@ def build(cfg) -> dict:
         "pad_token_id": tokenizer.pad_token_id,
         "methods": stats,
     }
-    _write_atomic(out / "manifest.json", (json.dumps(manifest, indent=2) + "\n").encode())
-    return manifest
 
 
 def _percentiles(values) -> dict:

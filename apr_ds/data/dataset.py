@@ -159,7 +159,7 @@ class BatchPlan:
                  seed: int, bucket_steps: int = 50):
         if global_batch % (micro_batch * world_size):
             raise UserError(f"world size {world_size} does not divide the batch: sft.global_batch={global_batch} "
-                            f"must be a multiple of sft.micro_batch={micro_batch} x world size {world_size}")
+                            f"must be a multiple of sft.deepspeed.micro_batch={micro_batch} x world size {world_size}")
         if len(lengths) < global_batch:
             raise UserError(f"only {len(lengths)} training sequences, fewer than one batch "
                             f"(sft.global_batch={global_batch}); make more data or lower the batch")

@@ -20,8 +20,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from apr_ds.errors import UserError
-from apr_ds.lang import render
-from apr_ds.tasks.solvers import SolverRun
+from apr_ds.lang import sub_call_budget_prefix, token_budget_prefix
+from apr_ds.tasks.task import SolverRun
 
 
 @dataclass(frozen=True)
@@ -42,9 +42,9 @@ def run_to_sequences(run: SolverRun, problem: int, condition: str, count_tokens,
     """`condition` is none, token_budget or sub_calls; `count_tokens(text)` gives a text's token count without bos/eos."""
     prefix = ""
     if condition == "token_budget":
-        prefix = render.token_budget_prefix(round_up(count_tokens(run.main_calls[0]) + 2, bin_size, cap))
+        prefix = token_budget_prefix(round_up(count_tokens(run.main_calls[0]) + 2, bin_size, cap))
     elif condition == "sub_calls":
-        prefix = render.sub_call_budget_prefix(run.num_children)
+        prefix = sub_call_budget_prefix(run.num_children)
     elif condition != "none":
         raise UserError(f"unknown conditioning {condition!r}; use none, token_budget or sub_calls")
     out = [Sequence(prefix + text, problem, "main") for text in run.main_calls]

@@ -1,4 +1,4 @@
-"""The domain tokenizer: trace phrases, numbers 0..999 and single characters as tokens.
+"""The domain tokenizer: the task's trace phrases, numbers 0..999 and single characters as tokens.
 
 Built with the `tokenizers` library and saved as a Hugging Face tokenizer directory
 (`tokenizer.json` + `tokenizer_config.json` + `special_tokens_map.json`), so transformers'
@@ -22,64 +22,63 @@ from __future__ import annotations
 import hashlib
 import string
 from pathlib import Path
+from typing import Sequence
 
 PAD, BOS, EOS, UNK = "<pad>", "<s>", "</s>", "<unk>"
 SPECIAL_TOKENS = [PAD, BOS, EOS, UNK]
 MAX_WHOLE_NUMBER = 999
 
-# Longest phrases of the trace language (apr-reference §2.1-2.3). Order is the id order: append, never reorder.
-PHRASES = [
-    "Current State: ", ", Operations: ", "Exploring Operation: ", ", Resulting Numbers: ", "Generated Node #",
-    " Operation: ", "Moving to Node #", " equal: Goal Reached", " unequal: No Solution", "No solution found.",
-    "No solution found in sub search", "Start Sub Search at level ", "Exit Sub Search at level ",
-    "<Calling Sub Searches>", "<End Calling Sub Searches>", "<Start Sub Search ", " at level ", "> Moving to Node #",
-    "<Sub Searches>", "<End Sub Searches>", "<No Solution in Sub Search ", "<Goal Reached in Sub Search ",
-    " at Node #", "Token Budget: ", "Sub Call Budget: ", ": Moving to Node #",
-]
 CHARACTERS = [c for c in string.printable if c not in "\x0b\x0c\r"]
 
 
-def vocabulary() -> list[str]:
+def _phrases(task_phrases: Sequence[str] | None) -> list[str]:
+    """The task's trace phrases (`Task.trace_phrases`; None: the default task's, for callers without a config),
+    then the block markers and budget prefixes every task shares, each once, first place kept."""
+    if task_phrases is None:
+        from apr_ds.config import TaskConfig
+        from apr_ds.tasks import TASKS
+        task_phrases = TASKS[TaskConfig().name].trace_phrases
+    from apr_ds.lang import BLOCK_PHRASES
+    return list(dict.fromkeys([*task_phrases, *BLOCK_PHRASES]))
+
+
+def vocabulary(task_phrases: Sequence[str] | None = None) -> list[str]:
     numbers = [str(n) for n in range(MAX_WHOLE_NUMBER + 1)]
-    seen, vocab = set(), []
-    for token in SPECIAL_TOKENS + PHRASES + numbers + CHARACTERS:
-        if token not in seen:
-            seen.add(token)
-            vocab.append(token)
-    return vocab
+    return list(dict.fromkeys(SPECIAL_TOKENS + _phrases(task_phrases) + numbers + CHARACTERS))
 
 
-def _split_pattern() -> str:
+def _split_pattern(phrases: list[str]) -> str:
     import re
-    phrases = sorted(PHRASES, key=len, reverse=True)  # sorted() is stable and the list is fixed: deterministic
+    phrases = sorted(phrases, key=len, reverse=True)  # sorted() is stable and the list is fixed: deterministic
     # A number of up to 3 digits that is not part of a longer number is one token; longer numbers go digit by digit.
-    return "|".join([re.escape(p) for p in phrases] + [r"(?<!\d)\d{1,3}(?!\d)", r"."]) 
+    return "|".join([re.escape(p) for p in phrases] + [r"(?<!\d)\d{1,3}(?!\d)", r"."])
 
 
-def build_tokenizer():
-    """A `transformers.PreTrainedTokenizerFast` over the domain vocabulary."""
+def build_tokenizer(task_phrases: Sequence[str] | None = None):
+    """A `transformers.PreTrainedTokenizerFast` over the domain vocabulary of a task's trace phrases."""
     from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
-    vocab = {token: i for i, token in enumerate(vocabulary())}
+    vocab = {token: i for i, token in enumerate(vocabulary(task_phrases))}
     tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token=UNK))
-    tok.pre_tokenizer = pre_tokenizers.Split(Regex(_split_pattern()), behavior="isolated")
+    tok.pre_tokenizer = pre_tokenizers.Split(Regex(_split_pattern(_phrases(task_phrases))), behavior="isolated")
     tok.decoder = decoders.Fuse()
     tok.add_special_tokens(SPECIAL_TOKENS)
     return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=BOS, eos_token=EOS, pad_token=PAD, unk_token=UNK,
                                    clean_up_tokenization_spaces=False)
 
 
-def save_tokenizer(directory: str | Path):
-    tokenizer = build_tokenizer()
+def save_tokenizer(directory: str | Path, task_phrases: Sequence[str] | None = None):
+    tokenizer = build_tokenizer(task_phrases)
     tokenizer.save_pretrained(str(directory))
     return tokenizer
 
 
-def install_tokenizer(directory: str | Path, source: str = ""):
-    """Write the run's tokenizer directory: the domain tokenizer, or a copy of a local one (`data.tokenizer`)."""
+def install_tokenizer(directory: str | Path, source: str = "", task_phrases: Sequence[str] | None = None):
+    """Write the run's tokenizer directory: the domain tokenizer of the task's phrases, or a copy of a local one
+    (`data.tokenizer`)."""
     if not source:
-        return save_tokenizer(directory)
+        return save_tokenizer(directory, task_phrases)
     from apr_ds.errors import UserError
     tokenizer = load_tokenizer(source)
     if tokenizer.bos_token_id is None or tokenizer.eos_token_id is None:

@@ -6,23 +6,7 @@ from collections import Counter
 
 import numpy as np
 
-from apr_ds.eval.lines import line_diagnostics
 from apr_ds.rollout.trajectory import Trajectory
-from apr_ds.tasks.countdown import extract_solution_path
-
-
-def claimed_answer(text: str) -> tuple[str, ...] | None:
-    """The operations of the solution path a main-thread output claims (unverified), or None."""
-    from apr_ds.lang.syntax import EXPLORE_RE
-    path = extract_solution_path(text)
-    if path is None:
-        return None
-    ops = []
-    for line in path.split("\n"):
-        m = EXPLORE_RE.match(line.strip())
-        if m:
-            ops.append(f"{m.group(1)}{m.group(2)}{m.group(3)}={m.group(4)}")
-    return tuple(ops) or None
 
 
 def pass_at_n(samples: list[Trajectory]) -> bool:
@@ -30,10 +14,10 @@ def pass_at_n(samples: list[Trajectory]) -> bool:
     return any(t.correct for t in samples)
 
 
-def cons_at_n(samples: list[Trajectory]) -> bool:
-    """Self-consistency: drop samples that claim no solution, majority-vote over the claimed paths (ties go to
-    the earliest sample), and score the winner with the strict verifier."""
-    claims = [(claimed_answer(t.root.text), t) for t in samples if t.root.status == "done"]
+def cons_at_n(samples: list[Trajectory], task) -> bool:
+    """Self-consistency: drop samples that claim no solution, majority-vote over the solutions they claim
+    (`task.claimed_answer`; ties go to the earliest sample), and score the winner with the strict verifier."""
+    claims = [(task.claimed_answer(t.root.text), t) for t in samples if t.root.status == "done"]
     claims = [(answer, t) for answer, t in claims if answer]
     if not claims:
         return False
@@ -63,8 +47,8 @@ def _mean(values) -> float:
     return float(np.mean(values)) if len(values) else 0.0
 
 
-def summarize(trajectories: list[Trajectory], windows: list[int]) -> dict:
-    """Aggregate one setting's trajectories (one per problem)."""
+def summarize(trajectories: list[Trajectory], windows: list[int], task) -> dict:
+    """Aggregate one setting's trajectories (one per problem); `lines` holds the task's per-line diagnostics."""
     latencies = [t.latency_s for t in trajectories]
     children = [c for t in trajectories for c in t.children_per_spawn()]
     return {
@@ -81,5 +65,5 @@ def summarize(trajectories: list[Trajectory], windows: list[int]) -> dict:
         "threads_per_program": _mean([len(t.threads) for t in trajectories]),
         "cumulative_accuracy": {str(w): a for w, a in cumulative_accuracy(trajectories, windows).items()},
         "failures": dict(Counter(t.reason for t in trajectories if not t.correct).most_common(8)),
-        "lines": line_diagnostics(thread.text for t in trajectories for thread in t.threads),
+        "lines": task.line_diagnostics(thread.text for t in trajectories for thread in t.threads),
     }

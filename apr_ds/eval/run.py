@@ -42,12 +42,13 @@ def main(args) -> int:
     from apr_ds.config import config_from_args
     from apr_ds.config import save_config
     from apr_ds.rollout.server_proc import ServerProcess
+    from apr_ds.tasks import get_task
 
     cfg = config_from_args(args)
     validate(cfg, args.method)
     if args.url and cfg.eval.servers != 1:
         raise UserError(f"eval.servers={cfg.eval.servers} starts servers of our own; with --url, pass --url once per server instead")
-    problems = load_problems(cfg)
+    problems = get_task(cfg).load_problems(cfg.run_dir, cfg.eval.split, cfg.eval.num_problems, cfg.eval.problems_file)
     out_dir = Path(cfg.eval.out_dir or Path(cfg.run_dir) / "eval")
     out_dir.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out_dir, f"{args.method}{args.tag}.config.yaml")
@@ -70,36 +71,14 @@ def main(args) -> int:
 
 
 def validate(cfg, method: str) -> None:
-    """Settings that cannot work, refused before any server starts."""
+    """Settings that cannot work together, refused before any server starts (each section's own ranges were
+    checked when the config loaded)."""
     if method == "bon" and cfg.eval.n > 1 and 0.0 in cfg.eval.temperatures:
         raise UserError("best-of-n with eval.n > 1 needs sampling: set eval.temperatures to values > 0, e.g. [1.0]")
-    if cfg.eval.n < 1 or cfg.eval.servers < 1 or cfg.rollout.max_context < 2 or cfg.rollout.concurrency < 1:
-        raise UserError("eval.n, eval.servers, rollout.concurrency must be >= 1 and rollout.max_context >= 2")
-    if any(t < 0 for t in cfg.eval.temperatures):
-        raise UserError(f"eval.temperatures must be >= 0, got {cfg.eval.temperatures}")
     if any(not 1 <= w <= cfg.rollout.max_context for w in cfg.eval.context_windows):
         # a window past the run's own is not measured: it would repeat the accuracy at rollout.max_context
         raise UserError(f"eval.context_windows must lie in [1, rollout.max_context={cfg.rollout.max_context}], "
                         f"got {cfg.eval.context_windows}")
-
-
-def load_problems(cfg) -> list:
-    from apr_ds.tasks import get_task
-    task = get_task(cfg)
-    path = Path(cfg.eval.problems_file or Path(cfg.run_dir) / "data" / "problems" / f"{cfg.eval.split}.jsonl")
-    if not path.is_file():
-        raise UserError(f"no problems file {str(path)!r}; run `apr-ds data` for this run_dir or set eval.problems_file")
-    problems = []
-    for number, line in enumerate(path.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            problems.append(task.problem_from_json(json.loads(line)))
-        except (json.JSONDecodeError, UserError) as e:
-            raise UserError(f"{path}:{number}: {e}") from None
-    if not problems:
-        raise UserError(f"{path} holds no problems")
-    return problems[:cfg.eval.num_problems] if cfg.eval.num_problems > 0 else problems
 
 
 def default_windows(max_context: int) -> list[int]:
@@ -110,71 +89,89 @@ def default_windows(max_context: int) -> list[int]:
     return windows + [max_context]
 
 
+BEST_OF_N_KS = (1, 2, 4, 8, 16, 32, 64)
+"""The k of pass@k and cons@k that best-of-n reports (those up to eval.n, and eval.n itself)."""
+
+
 async def evaluate(cfg, method: str, model: str, urls: list[str], problems: list, out_dir: Path, tag: str = "",
                    api_key: str | None = None) -> dict:
     """Every sample of problem i runs on server i mod len(urls): a problem's programs share its prompt's prefix
     cache, and the servers split the problems (data-parallel evaluation)."""
     from transformers import AutoTokenizer
 
-    from apr_ds.eval.metrics import by_problem, cons_at_n, pass_at_n, summarize
-    from apr_ds.rollout.client import RolloutClient, ServerError
+    from apr_ds.rollout.client import RolloutClient
     from apr_ds.rollout.runtime import ProgramRunner
     from apr_ds.tasks import get_task
 
     validate(cfg, method)
-    tokenizer = AutoTokenizer.from_pretrained(model)
+    tokenizer, task = AutoTokenizer.from_pretrained(model), get_task(cfg)
     windows = cfg.eval.context_windows or default_windows(cfg.rollout.max_context)
     samples = cfg.eval.n if method == "bon" else 1
     settings = [(t, b) for t in cfg.eval.temperatures for b in (cfg.eval.budgets or [None])]
     results = {"method": method, "model": str(model), "urls": list(urls), "split": cfg.eval.split, "settings": []}
-    trajectories_path = out_dir / f"{method}{tag}{TRAJECTORIES_SUFFIX}"
-    from tqdm import tqdm
     async with contextlib.AsyncExitStack() as stack:
         clients = [await stack.enter_async_context(RolloutClient(url, api_key=api_key, timeout_s=cfg.rollout.timeout_s + 30))
                    for url in urls]
         for client in clients:
             await client.wait_until_healthy(timeout_s=60)
-        runners = [ProgramRunner(client, tokenizer, get_task(cfg), cfg.rollout) for client in clients]
+        runners = [ProgramRunner(client, tokenizer, task, cfg.rollout) for client in clients]
         gate = asyncio.Semaphore(cfg.rollout.concurrency)
-        with open(trajectories_path, "w") as trajectories_file:
+        with open(out_dir / f"{method}{tag}{TRAJECTORIES_SUFFIX}", "w") as trajectories_file:
             for temperature, budget in settings:
-                bar = tqdm(total=len(problems) * samples, desc=f"{method} T={temperature} budget={budget}", unit="prog")
-                solved = 0  # programs correct so far, for the running accuracy on the bar
-
-                async def one(index, problem):
-                    nonlocal solved
-                    async with gate:
-                        trajectory = await runners[index % len(runners)].run(problem, "sosp" if method == "bon" else method,
-                                                      sub_call_budget=budget if method == "apr" else None,
-                                                      token_budget=budget if method != "apr" else None,
-                                                      temperature=temperature)
-                    solved += trajectory.correct
-                    bar.update(1)
-                    bar.set_postfix(acc=f"{solved / bar.n:.1%}")
-                    return trajectory
                 started = time.time()
-                try:
-                    runs = await asyncio.gather(*[one(i, p) for i, p in enumerate(problems) for _ in range(samples)])
-                except ServerError as e:
-                    raise UserError(f"a server ({', '.join(urls)}) stopped answering: {e}") from None
-                finally:
-                    bar.close()
-                groups = by_problem(runs, samples)
-                firsts = [group[0] for group in groups]
-                summary = {"temperature": temperature, "budget": budget, "n": samples,
-                           "wall_s": time.time() - started, **summarize(firsts, windows)}
-                if method == "bon":
-                    ks = [k for k in (1, 2, 4, 8, 16, 32, 64) if k <= samples] + ([samples] if samples not in (1, 2, 4, 8, 16, 32, 64) else [])
-                    summary["pass_at"] = {str(k): sum(pass_at_n(g[:k]) for g in groups) / len(problems) for k in ks}
-                    summary["cons_at"] = {str(k): sum(cons_at_n(g[:k]) for g in groups) / len(problems) for k in ks}
-                    summary["mean_total_tokens_at"] = {str(k): summary["mean_total_tokens"] * k for k in ks}
-                results["settings"].append(summary)
+                runs = await run_setting(runners, gate, method, problems, samples, temperature, budget, urls)
+                summary = {"temperature": temperature, "budget": budget, "n": samples, "wall_s": time.time() - started}
+                results["settings"].append({**summary, **summarize_setting(runs, method, samples, windows, task)})
                 for trajectory in runs:
                     record = trajectory.to_json()
                     record.update(temperature=temperature, budget=budget)
                     trajectories_file.write(json.dumps(record) + "\n")
     (out_dir / f"{method}{tag}.json").write_text(json.dumps(results, indent=2) + "\n")
     return results
+
+
+async def run_setting(runners: list, gate: asyncio.Semaphore, method: str, problems: list, samples: int,
+                      temperature: float, budget: int | None, urls: list[str]) -> list:
+    """Every problem's `samples` programs at one temperature and budget; problem i runs on runner i mod len(runners).
+    Returns the trajectories, a problem's samples one after another."""
+    from tqdm import tqdm
+
+    from apr_ds.rollout.client import ServerError
+
+    bar = tqdm(total=len(problems) * samples, desc=f"{method} T={temperature} budget={budget}", unit="prog")
+    solved = 0  # programs correct so far, for the running accuracy on the bar
+
+    async def one(index, problem):
+        nonlocal solved
+        async with gate:
+            trajectory = await runners[index % len(runners)].run(problem, "sosp" if method == "bon" else method,
+                                                                 sub_call_budget=budget if method == "apr" else None,
+                                                                 token_budget=budget if method != "apr" else None,
+                                                                 temperature=temperature)
+        solved += trajectory.correct
+        bar.update(1)
+        bar.set_postfix(acc=f"{solved / bar.n:.1%}")
+        return trajectory
+    try:
+        return await asyncio.gather(*[one(i, p) for i, p in enumerate(problems) for _ in range(samples)])
+    except ServerError as e:
+        raise UserError(f"a server ({', '.join(urls)}) stopped answering: {e}") from None
+    finally:
+        bar.close()
+
+
+def summarize_setting(runs: list, method: str, samples: int, windows: list[int], task) -> dict:
+    """The metrics of one setting: over each problem's first sample, and for best-of-n pass@k and cons@k."""
+    from apr_ds.eval.metrics import by_problem, cons_at_n, pass_at_n, summarize
+
+    groups = by_problem(runs, samples)
+    summary = summarize([group[0] for group in groups], windows, task)
+    if method == "bon":
+        ks = [k for k in BEST_OF_N_KS if k <= samples] + ([samples] if samples not in BEST_OF_N_KS else [])
+        summary["pass_at"] = {str(k): sum(pass_at_n(g[:k]) for g in groups) / len(groups) for k in ks}
+        summary["cons_at"] = {str(k): sum(cons_at_n(g[:k], task) for g in groups) / len(groups) for k in ks}
+        summary["mean_total_tokens_at"] = {str(k): summary["mean_total_tokens"] * k for k in ks}
+    return summary
 
 
 def print_table(results: dict) -> None:

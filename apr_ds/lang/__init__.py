@@ -1,14 +1,14 @@
-"""The APR trace language: one implementation for the solvers that write traces and the runtime that runs them.
+"""The task-independent part of the APR trace language: spawn and join blocks, and the conditioning prefixes.
 
-`render` formats every line and block (the only place trace text is written); `syntax` parses spawn
-blocks, child results and solution paths back (malformed input becomes a typed `SpawnError`).
+`render` writes the blocks' markers and the prefixes; `syntax` cuts a spawn block out of a thread's output
+(malformed input becomes a typed `SpawnError`). What the lines inside the blocks say is the task's: each task
+(`apr_ds.tasks`) writes and reads its own lines and builds on these.
 """
 
-from apr_ds.lang.render import (CALL_CLOSE, CALL_OPEN, JOIN_CLOSE, JOIN_OPEN, apr_prompt, child_prompt,
-                                join_block, sosp_prompt, spawn_block)
-from apr_ds.lang.syntax import (ChildCall, Spawn, SpawnError, child_result, ends_with_spawn, join_text,
-                                parse_spawn)
+from apr_ds.lang.render import (BLOCK_PHRASES, CALL_CLOSE, CALL_OPEN, JOIN_CLOSE, JOIN_OPEN, SUB_CALL_BUDGET,
+                                TOKEN_BUDGET, join_block, spawn_block, sub_call_budget_prefix, token_budget_prefix)
+from apr_ds.lang.syntax import SpawnBlock, SpawnError, ends_with_spawn, split_spawn
 
-__all__ = ["CALL_OPEN", "CALL_CLOSE", "JOIN_OPEN", "JOIN_CLOSE", "apr_prompt", "sosp_prompt", "child_prompt",
-           "spawn_block", "join_block", "Spawn", "ChildCall", "SpawnError", "parse_spawn", "ends_with_spawn",
-           "child_result", "join_text"]
+__all__ = ["BLOCK_PHRASES", "CALL_OPEN", "CALL_CLOSE", "JOIN_OPEN", "JOIN_CLOSE", "TOKEN_BUDGET", "SUB_CALL_BUDGET",
+           "spawn_block", "join_block", "token_budget_prefix", "sub_call_budget_prefix", "SpawnBlock", "SpawnError",
+           "ends_with_spawn", "split_spawn"]

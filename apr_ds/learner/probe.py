@@ -10,39 +10,34 @@ plain Hugging Face model, and rank 0 collects the verdicts.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from apr_ds.model import BOS_ID, EOS_ID, PAD_ID, build_model
 
 
-def load_probe_problems(data_dir: Path, count: int) -> list:
-    from apr_ds.tasks.countdown import Problem
-    if count <= 0:
+def load_probe_problems(task, data_dir: Path, count: int) -> list:
+    """The first `count` val problems of the data directory; none when it has no val problems (task.num_val=0)."""
+    path = Path(data_dir) / "problems" / "val.jsonl"
+    if count <= 0 or not path.is_file() or not path.read_text().strip():
         return []
-    path = data_dir / "problems" / "val.jsonl"
-    if not path.is_file():
-        return []
-    lines = path.read_text().splitlines()[:count]
-    return [Problem.from_json(json.loads(line)) for line in lines if line.strip()]
+    return task.load_problems("", "val", count, problems_file=str(path))
 
 
-def probe_prompt(method: str, problem, data_config: dict) -> str:
+def probe_prompt(task, method: str, problem, data_config: dict) -> str:
     """The prompt the model was trained to continue, with the conditioning the data was built with
     (`data_config` is the data section recorded in manifest.json). Conditioned data gets the most
-    generous budget: `Token Budget: data.max_seq_len` (SoS+), `Sub Call Budget: solver.apr_max_beam` (APR)."""
-    from apr_ds.lang.render import apr_prompt, sosp_prompt
+    generous budget: a token budget of data.max_seq_len (SoS+), a sub call budget of solver.apr_max_beam (APR)."""
     if method == "sosp":
         budget = data_config.get("max_seq_len") if data_config.get("sosp_token_budget") else None
-        return sosp_prompt(problem.target, problem.nums, token_budget=budget)
+        return task.prompt(problem, "sosp", token_budget=budget)
     sub_calls = data_config.get("apr_max_beam") if data_config.get("apr_sub_call_budget") else None
-    return apr_prompt(problem.target, problem.nums, sub_call_budget=sub_calls)
+    return task.prompt(problem, "apr", sub_call_budget=sub_calls)
 
 
 class GreedyProbe:
-    def __init__(self, problems: list, prompts: list[str], tokenizer, model_config, context: int):
+    def __init__(self, task, problems: list, prompts: list[str], tokenizer, model_config, context: int):
         from apr_ds.data.tokenizer import encode
-        self.problems, self.prompts, self.tokenizer = problems, prompts, tokenizer
+        self.task, self.problems, self.prompts, self.tokenizer = task, problems, prompts, tokenizer
         self.prompt_ids = [[BOS_ID] + encode(tokenizer, p) for p in prompts]
         self.model_config, self.context = model_config, context
         self._model = None
@@ -52,7 +47,6 @@ class GreedyProbe:
         import torch.distributed as dist
 
         from apr_ds.learner.checkpoint import gather_state_dict
-        from apr_ds.tasks.countdown import verify
 
         weights = gather_state_dict(engine)
         model = self._local_model(engine.device)
@@ -62,7 +56,7 @@ class GreedyProbe:
         results = []
         for i, ids in zip(mine, completions):
             text = self.prompts[i] + _decode(self.tokenizer, ids)
-            results.append((i, verify(self.problems[i], text).ok, text))
+            results.append((i, self.task.verify(self.problems[i], text).ok, text))
         gathered = [None] * world_size
         dist.all_gather_object(gathered, results)
         results = sorted(r for part in gathered for r in part)

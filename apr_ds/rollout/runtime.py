@@ -1,15 +1,16 @@
 """The spawn/join runtime: execute one program of a model on an SGLang-protocol server.
 
-For APR (apr-reference §5): generate the main thread until EOS or a spawn block; parse the spawn with
-`apr_ds.lang`; run all children concurrently (asyncio), each from its own short prompt; replace the
-spawn block with the children's results (the join) and resume the parent, whose earlier context the
+For APR (apr-reference §5): generate the main thread until EOS or a spawn block; parse the spawn with the
+task (`Task.parse_spawn`); run all children concurrently (asyncio), each from its own short prompt; replace
+the spawn block with the children's results (the join) and resume the parent, whose earlier context the
 server's prefix cache still holds; repeat until the parent ends. If the parent starts writing join
 results itself (`<Sub Searches>`), the runtime cuts there and turns it into a spawn, as the reference does.
-For SoS+ and best-of-n the same code runs one thread that never spawns.
+For SoS+ and best-of-n the same code runs one thread that never spawns. What the spawn and join lines say
+is the task's; the runtime knows only the markers around them (`apr_ds.lang`).
 
 Nothing here raises on model output: a malformed spawn, too many children or spawns, a spawn deeper
 than `rollout.max_depth`, or a full context marks that thread failed or truncated; the program goes on
-(a failed child reports "No Solution") or ends, and scores 0 unless its main thread ends with a verified path.
+(a failed child reports no result) or ends, and scores 0 unless its main thread ends with a verified path.
 
     runner = ProgramRunner(client, tokenizer, task, cfg.rollout)
     trajectory = await runner.run(problem, "apr")
@@ -20,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import time
 
-from apr_ds.lang import CALL_CLOSE, CALL_OPEN, JOIN_OPEN, SpawnError, child_result, ends_with_spawn, join_text, parse_spawn
+from apr_ds.lang import CALL_CLOSE, CALL_OPEN, JOIN_OPEN, SpawnError, ends_with_spawn
 from apr_ds.rollout.client import ServerError
 from apr_ds.rollout.trajectory import Segment, Thread, Trajectory
 
@@ -31,7 +32,7 @@ MAX_RESUMES = 64
 
 class ProgramRunner:
     def __init__(self, client, tokenizer, task, cfg, admit: asyncio.Event | None = None):
-        """`cfg` is a RolloutConfig; `task` a Task (prompts and the verifier). `admit`, when given, must be set for
+        """`cfg` is a RolloutConfig; `task` a Task (prompts, spawns and joins, the verifier). `admit`, when given, must be set for
         a request to be sent: a rollout rank clears it while it updates its server's weights."""
         self.client, self.tokenizer, self.task, self.cfg = client, tokenizer, task, cfg
         self.admit = admit
@@ -134,7 +135,7 @@ class ProgramRunner:
 
     async def _spawn(self, trajectory: Trajectory, thread: Thread, text: str, token_budget, sampling: dict) -> str:
         """Run the children of the spawn that ends `text`; return the parent's joined text (or mark it failed)."""
-        spawn = parse_spawn(text, check_numbers=self.cfg.check_spawned_numbers)
+        spawn = self.task.parse_spawn(text, check_numbers=self.cfg.check_spawned_numbers)
         problem = None
         if isinstance(spawn, SpawnError):
             problem = f"malformed spawn ({spawn.kind}): {spawn.message}"
@@ -147,15 +148,15 @@ class ProgramRunner:
         if problem:
             thread.status, thread.error = "failed", problem
             return text
-        runs = [self._thread(trajectory, thread.thread_id, thread.depth + 1, child.prompt(token_budget), token_budget,
-                             sampling, True) for child in spawn.children]
+        runs = [self._thread(trajectory, thread.thread_id, thread.depth + 1, self.task.child_prompt(child, token_budget),
+                             token_budget, sampling, True) for child in spawn.children]
         if self.cfg.sequential_children:
             children = [await run for run in runs]
         else:
             children = await asyncio.gather(*runs)
         thread.spawns.append([child.thread_id for child in children])
-        results = [child_result(child.text) if child.status == "done" else None for child in children]
-        return join_text(spawn, results)
+        results = [self.task.child_result(child.text) if child.status == "done" else None for child in children]
+        return self.task.join_text(spawn, results)
 
     def _tokens_before(self, ids: list[int], chars: int) -> int:
         """The largest k such that ids[:k] decodes to at most `chars` characters."""

@@ -57,6 +57,30 @@ def successors(nums: tuple[int, ...] | list[int]) -> list[tuple[list[int], str]]
     return out
 
 
+def apply_op(nums: tuple[int, ...], a: int, sign: str, b: int, result: int) -> tuple[tuple[int, ...] | None, str]:
+    """Replay one written operation on a multiset of numbers. Returns (new numbers, '') or (None, why it is illegal)."""
+    pool = list(nums)
+    for operand in (a, b):
+        if operand not in pool:
+            return None, f"{operand} not available in {list(nums)}"
+        pool.remove(operand)
+    if sign == "+":
+        ok = a + b == result
+    elif sign == "*":
+        ok = a * b == result
+    elif sign == "-":
+        if a < b:
+            return None, f"subtraction {a}-{b} must be written larger first"
+        ok = a - b == result
+    else:
+        if b == 0 or a % b:
+            return None, f"division {a}/{b} is not exact"
+        ok = a // b == result
+    if not ok:
+        return None, f"arithmetic {a}{sign}{b}={result} is wrong"
+    return tuple(pool) + (result,), ""
+
+
 OPERATORS = "+-*/"
 
 
@@ -181,47 +205,3 @@ def problems_beyond_train(cfg, count: int, workers: int = 1) -> list[Problem]:
 def _needs_spawn() -> bool:
     import sys
     return sys.platform == "darwin"
-
-
-# ---------------------------------------------------------------------------- verification
-
-
-@dataclass(frozen=True)
-class Verdict:
-    ok: bool
-    reason: str
-    """'ok', or what failed first, e.g. "step 2: 7 not available in [3, 5]"."""
-    answer: tuple[str, ...] = ()
-    """The operations of the verified path (empty when not ok). Used for majority votes."""
-
-
-GOAL = "Goal Reached"
-
-
-def extract_solution_path(output: str) -> str | None:
-    """The summary path: text after the second-to-last `Goal Reached` (the APR reference's rule)."""
-    first = output.rfind(GOAL)
-    if first < 0:
-        return None
-    second = output.rfind(GOAL, 0, first)
-    if second < 0:
-        return None
-    return output[second + len(GOAL):first + len(GOAL)]
-
-
-def verify(problem: Problem, output) -> Verdict:
-    """Strict check of a main-thread output: replay its solution path from the original numbers.
-
-    Success needs every step to use numbers that are present (as a multiset), correct and legal
-    arithmetic (subtraction larger-first and >= 0, exact division by non-zero), every state line in
-    the path to agree with the replay, and the path to end at exactly [target]. Never raises.
-    """
-    try:
-        if isinstance(output, (bytes, bytearray)):
-            output = bytes(output).decode("utf-8", errors="replace")
-        if not isinstance(output, str):
-            return Verdict(False, f"output is {type(output).__name__}, not text")
-        from apr_ds.lang.syntax import replay_path  # the line grammar lives in the trace language
-        return replay_path(problem, extract_solution_path(output))
-    except Exception as e:  # a verifier that raises would crash RL; report instead
-        return Verdict(False, f"verifier error: {type(e).__name__}: {e}")

@@ -1,75 +1,152 @@
 """The Task interface: what the data pipeline, the runtime, RL and evaluation need from a task.
 
-Countdown implements it; a second task (e.g. Sudoku) adds a module and one line in `TASKS`, and
-nothing downstream changes. The spawn/join markers are task-independent (`apr_ds.lang`); what a
-task contributes is its problems, its prompts, its solvers and its strict verifier.
+A task owns its problems, its trace language (prompts, the lines its solvers write, what a spawn block's lines
+and a join block's entries say), its solvers, its strict verifier and its per-line checks. Only the spawn/join
+markers and the conditioning prefixes are shared by every task (`apr_ds.lang`). Countdown implements it
+(`countdown_task.py`); a second task adds a module and one line in `apr_ds.tasks.TASKS`, and nothing
+downstream changes.
 """
 
 from __future__ import annotations
 
+import json
 import random
-from typing import Any, Callable, Protocol
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, ClassVar, Iterable
 
 from apr_ds.errors import UserError
+from apr_ds.lang import SpawnError
 
 
-class Task(Protocol):
-    name: str
+@dataclass(frozen=True)
+class Verdict:
+    ok: bool
+    reason: str
+    """'ok', or what failed first, e.g. "step 2: 7 not available in [3, 5]"."""
+    answer: tuple[str, ...] = ()
+    """The steps of the verified path (empty when not ok). Used for majority votes."""
 
+
+@dataclass
+class SolverRun:
+    """One thread of a solver run. `main_calls[i]` is the whole text of the i-th generation call of this
+    thread (prompt included); `sub_calls[k]` holds the child runs of its k-th spawn."""
+
+    prompt: str
+    main_calls: list[str]
+    sub_calls: list[list["SolverRun"]] = field(default_factory=list)
+    goal: Any = field(default=None, repr=False)
+    """Where the solver reached the goal; None when it did not."""
+
+    @property
+    def solved(self) -> bool:
+        return self.goal is not None
+
+    def threads(self) -> list["SolverRun"]:
+        """This run and every descendant, parents before children."""
+        out = [self]
+        for spawn in self.sub_calls:
+            for child in spawn:
+                out += child.threads()
+        return out
+
+    @property
+    def num_children(self) -> int:
+        return sum(len(spawn) for spawn in self.sub_calls)
+
+
+def problem_rng(seed: int, method: str, index) -> random.Random:
+    """The random source of one solver run: a pure function of its problem's place, whatever the worker."""
+    return random.Random(f"apr-ds:solve:{seed}:{method}:{index}")
+
+
+class Task(ABC):
+    name: ClassVar[str]
+    trace_phrases: ClassVar[tuple[str, ...]]
+    """The phrases of the task's traces that the domain tokenizer makes single tokens (`apr_ds.data.tokenizer`).
+    Their order is the tokens' id order: append, never reorder. None holds a newline (a newline is its own token,
+    so a prompt's tokens stay a prefix of its continuation's)."""
+    sample_trace: ClassVar[str]
+    """A few well-formed checked lines: text to check that a tokenizer's tokens decode one by one to it."""
+
+    def __init__(self, task_cfg, solver_cfg):
+        """`task_cfg` is a TaskConfig, `solver_cfg` a SolverConfig."""
+        self.task_cfg, self.solver_cfg = task_cfg, solver_cfg
+
+    # ------------------------------------------------------------------------ problems
+
+    @abstractmethod
     def make_splits(self, workers: int, progress: Callable[[int], Any] | None = None) -> dict[str, list]:
         """Disjoint, de-duplicated problem splits: train, val, test, test_unseen_targets."""
 
-    def problem_from_json(self, obj: dict) -> Any: ...
+    @abstractmethod
+    def problem_from_json(self, obj: dict) -> Any:
+        """A problem from one line of a problems file; `UserError` when `obj` is not one."""
 
+    def load_problems(self, run_dir: str, split: str, count: int = 0, problems_file: str = "") -> list:
+        """The problems `apr-ds data` wrote for `split` ({run_dir}/data/problems/{split}.jsonl), or those of
+        `problems_file` when it is given: the first `count`, or all of them when `count` is 0."""
+        path = Path(problems_file or Path(run_dir) / "data" / "problems" / f"{split}.jsonl")
+        if not path.is_file():
+            raise UserError(f"no problems file {str(path)!r}; run `apr-ds data` for this run_dir or set eval.problems_file")
+        problems = []
+        for number, line in enumerate(path.read_text().splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                problems.append(self.problem_from_json(json.loads(line)))
+            except (json.JSONDecodeError, UserError) as e:
+                raise UserError(f"{path}:{number}: {e}") from None
+        if not problems:
+            raise UserError(f"{path} holds no problems")
+        return problems[:count] if count > 0 else problems
+
+    # ------------------------------------------------------------------------ traces
+
+    @abstractmethod
     def prompt(self, problem, method: str, sub_call_budget: int | None = None, token_budget: int | None = None) -> str:
-        """The root prompt of `method` ("sosp" or "apr"), without `<s>`."""
+        """The root prompt of `method` ("apr", "sosp" or "bon"), without `<s>`."""
 
-    def solve(self, problem, method: str, rng: random.Random):
-        """A symbolic solver run (`apr_ds.tasks.solvers.SolverRun`) that writes the method's trace."""
+    @abstractmethod
+    def solve(self, problem, method: str, rng: random.Random) -> SolverRun:
+        """A symbolic solver run that writes the method's trace."""
 
-    def verify(self, problem, output):
-        """The one strict verifier: `Verdict(ok, reason, answer)`. Never raises."""
+    @abstractmethod
+    def verify(self, problem, output) -> Verdict:
+        """The one strict verifier of a main thread's output. Never raises."""
 
+    @abstractmethod
+    def claimed_answer(self, output: str) -> tuple[str, ...] | None:
+        """The steps of the solution a main thread's output claims (unverified), or None: what majority votes count."""
 
-class CountdownTask:
-    name = "countdown"
+    # ------------------------------------------------------------------------ spawn and join (the runtime)
 
-    def __init__(self, task_cfg, solver_cfg):
-        self.task_cfg, self.solver_cfg = task_cfg, solver_cfg
+    @abstractmethod
+    def parse_spawn(self, text: str, check_numbers: bool = True) -> Any | SpawnError:
+        """The spawn that ends a parent's output: an object whose `children` are its child calls, in order, or
+        why it cannot run. `check_numbers` also refuses a child whose state does not follow from its parent's.
+        Never raises."""
 
-    def make_splits(self, workers, progress=None):
-        from apr_ds.tasks.countdown import make_splits
-        return make_splits(self.task_cfg, workers=workers, progress=progress)
+    @abstractmethod
+    def child_prompt(self, child, token_budget: int | None = None) -> str:
+        """The prompt of one child call of a parsed spawn, without `<s>`."""
 
-    def problem_from_json(self, obj):
-        from apr_ds.tasks.countdown import Problem
-        try:
-            return Problem.from_json(obj)
-        except (KeyError, TypeError, ValueError) as e:
-            raise UserError(f"not a Countdown problem (need nums and target): {obj!r:.200} ({e})") from None
+    @abstractmethod
+    def child_result(self, output: str) -> str | None:
+        """What a finished child reports to its parent, or None when it found nothing."""
 
-    def prompt(self, problem, method, sub_call_budget=None, token_budget=None):
-        from apr_ds.lang import render
-        if method == "apr":
-            return render.apr_prompt(problem.target, problem.nums, sub_call_budget, token_budget)
-        if method in ("sosp", "bon"):
-            return render.sosp_prompt(problem.target, problem.nums, token_budget)
-        raise UserError(f"unknown method {method!r}; methods: apr, sosp, bon")
+    @abstractmethod
+    def join_text(self, spawn, results: list[str | None]) -> str:
+        """The parent's next prompt: its text with the spawn block replaced by the children's `results`."""
 
-    def solve(self, problem, method, rng):
-        from apr_ds.tasks.solvers import SOLVERS
-        return SOLVERS[method](problem, self.solver_cfg, rng)
+    # ------------------------------------------------------------------------ per-line checks
 
-    def verify(self, problem, output):
-        from apr_ds.tasks.countdown import verify
-        return verify(problem, output)
+    @abstractmethod
+    def line_diagnostics(self, texts: Iterable[str]) -> dict:
+        """Per skill, the fraction of the checked lines of all `texts` that got it right, and how many lines."""
 
-
-TASKS = {"countdown": CountdownTask}
-
-
-def get_task(cfg) -> Task:
-    """The task a config names. `cfg` is the whole `Config`."""
-    if cfg.task.name not in TASKS:
-        raise UserError(f"task.name {cfg.task.name!r} is not implemented; available: {', '.join(TASKS)}")
-    return TASKS[cfg.task.name](cfg.task, cfg.solver)
+    @abstractmethod
+    def wrong_spans(self, text: str) -> list[tuple[int, int]]:
+        """Character spans [start, end) of `text` that its checked lines got wrong."""

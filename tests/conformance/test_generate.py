@@ -7,7 +7,8 @@ import asyncio
 import pytest
 import torch
 
-from apr_ds.lang.render import CALL_CLOSE, JOIN_OPEN, apr_prompt
+from apr_ds.lang import CALL_CLOSE, JOIN_OPEN
+from apr_ds.tasks.countdown_trace import apr_prompt
 from apr_ds.rollout.client import Generation, RolloutClient, ServerError
 from servers import SHIPPED_APR
 

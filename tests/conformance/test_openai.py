@@ -8,7 +8,7 @@ import aiohttp
 import pytest
 import torch
 
-from apr_ds.lang.render import apr_prompt
+from apr_ds.tasks.countdown_trace import apr_prompt
 from engine_fixtures import run
 from servers import SHIPPED_APR
 

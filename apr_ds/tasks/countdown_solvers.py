@@ -18,8 +18,9 @@ import heapq
 import random
 from dataclasses import dataclass, field
 
-from apr_ds.lang import render
+from apr_ds.tasks import countdown_trace as trace
 from apr_ds.tasks.countdown import Problem, successors
+from apr_ds.tasks.task import SolverRun
 
 
 def mult_heuristic(nums, target: int) -> int:
@@ -47,47 +48,20 @@ class Node:
     parent: "Node | None" = field(default=None, repr=False)
 
 
-@dataclass
-class SolverRun:
-    """One thread of a solver run. `main_calls[i]` is the whole text of the i-th generation call of this
-    thread (prompt included); `sub_calls[k]` holds the child runs of its k-th spawn."""
-
-    prompt: str
-    main_calls: list[str]
-    sub_calls: list[list["SolverRun"]] = field(default_factory=list)
-    goal: Node | None = field(default=None, repr=False)
-
-    @property
-    def solved(self) -> bool:
-        return self.goal is not None
-
-    def threads(self) -> list["SolverRun"]:
-        """This run and every descendant, parents before children."""
-        out = [self]
-        for spawn in self.sub_calls:
-            for child in spawn:
-                out += child.threads()
-        return out
-
-    @property
-    def num_children(self) -> int:
-        return sum(len(spawn) for spawn in self.sub_calls)
-
-
 def summary_path(goal: Node, start: Node, target: int) -> str:
     """The solution path from `start` to `goal`, as written after `Goal Reached` (reference `get_path_to_target`)."""
     chain = [goal]
     while chain[-1] is not start:
         chain.append(chain[-1].parent)
     chain.reverse()
-    text = render.move_line(start.node_id)
+    text = trace.move_line(start.node_id)
     for node, nxt in zip(chain, chain[1:]):
-        text += render.state_line(target, node.nums, node.ops)
-        text += render.explore_line(nxt.ops[-1], nxt.nums)
+        text += trace.state_line(target, node.nums, node.ops)
+        text += trace.explore_line(nxt.ops[-1], nxt.nums)
         if len(nxt.nums) == 1:
-            return text + render.goal_line(nxt.nums[0], target)
-        text += render.generated_line(nxt.node_id, target, nxt.nums, nxt.ops[-1])
-        text += render.move_line(nxt.node_id)
+            return text + trace.goal_line(nxt.nums[0], target)
+        text += trace.generated_line(nxt.node_id, target, nxt.nums, nxt.ops[-1])
+        text += trace.move_line(nxt.node_id)
     raise AssertionError("a summary path must end at a single number")
 
 
@@ -104,7 +78,7 @@ class BeamSearch:
 
     def expand(self, node: Node, beam: int) -> tuple[str, Node | None, list[Node]]:
         """Print one expansion. Returns (text, goal node if reached, kept non-terminal children best-first)."""
-        text = render.state_line(self.target, node.nums, node.ops)
+        text = trace.state_line(self.target, node.nums, node.ops)
         children = []
         for nums, op in successors(node.nums):
             children.append(Node("", nums, node.ops + [op], self.heuristic(nums, self.target), node))
@@ -114,13 +88,13 @@ class BeamSearch:
         kept = []
         for child in children:
             child.node_id = f"{node.node_id},{len(kept)}"
-            text += render.explore_line(child.ops[-1], child.nums)
+            text += trace.explore_line(child.ops[-1], child.nums)
             if len(child.nums) == 1:
                 if child.nums[0] == self.target:
-                    return text + render.goal_line(child.nums[0], self.target), child, []
-                text += render.dead_end_line(child.nums[0], self.target)
+                    return text + trace.goal_line(child.nums[0], self.target), child, []
+                text += trace.dead_end_line(child.nums[0], self.target)
             else:
-                text += render.generated_line(child.node_id, self.target, child.nums, child.ops[-1])
+                text += trace.generated_line(child.node_id, self.target, child.nums, child.ops[-1])
                 kept.append(child)
         kept.sort(key=lambda c: c.score)
         return text, None, kept
@@ -144,19 +118,19 @@ class SoSPlusSolver(BeamSearch):
                 if self.rng.random() < self.subsearch_probability:
                     for child in kept:
                         sub, goal = self.search(child, root, level + 1)
-                        text += render.sub_search_start_line(level + 1, child.node_id) + sub
-                        text += render.sub_search_exit_line(level + 1)
+                        text += trace.sub_search_start_line(level + 1, child.node_id) + sub
+                        text += trace.sub_search_exit_line(level + 1)
                         if goal:
                             return text, goal
-                        text += render.SUB_SEARCH_FAILED
+                        text += trace.SUB_SEARCH_FAILED
                 else:
                     for child in kept:
                         self._push(heap, child)
                 if k < len(current) - 1:
-                    text += render.move_line(current[k + 1].node_id)
+                    text += trace.move_line(current[k + 1].node_id)
             if heap:
-                text += render.move_line(heap[0][2].node_id)
-        return text + render.NO_SOLUTION, None
+                text += trace.move_line(heap[0][2].node_id)
+        return text + trace.NO_SOLUTION, None
 
 
 class APRSolver(BeamSearch):
@@ -166,7 +140,7 @@ class APRSolver(BeamSearch):
 
     def search(self, start: Node, beam: int, prompt: str, level: int = 0) -> SolverRun:
         # The expansion prints the start state, so the prompt (move line + state) is an exact prefix.
-        run = SolverRun(prompt, [render.move_line(start.node_id)])
+        run = SolverRun(prompt, [trace.move_line(start.node_id)])
         heap = []
         self._push(heap, start)
         while heap:
@@ -186,36 +160,32 @@ class APRSolver(BeamSearch):
                     for child in kept:
                         self._push(heap, child)
                 if k < len(current) - 1:
-                    run.main_calls[-1] += render.move_line(current[k + 1].node_id)
+                    run.main_calls[-1] += trace.move_line(current[k + 1].node_id)
             if heap:
-                run.main_calls[-1] += render.move_line(heap[0][2].node_id)
-        run.main_calls[-1] += render.NO_SOLUTION
+                run.main_calls[-1] += trace.move_line(heap[0][2].node_id)
+        run.main_calls[-1] += trace.NO_SOLUTION
         return run
 
     def spawn(self, run: SolverRun, kept: list[Node], start: Node, level: int) -> bool:
         """Run one child per kept node, close this main call with the spawn block, open the next one with
         the join block. Returns True if a child solved it (the parent then writes its goal and summary)."""
-        children = [self.search(child, self.child_beam, render.child_prompt(child.node_id, self.target, child.nums, child.ops), level + 1)
+        children = [self.search(child, self.child_beam, trace.child_prompt(child.node_id, self.target, child.nums, child.ops), level + 1)
                     for child in kept]
         run.sub_calls.append(children)
         before = run.main_calls[-1]
-        run.main_calls[-1] = before + render.spawn_block(level + 1, [c.node_id for c in kept])
+        run.main_calls[-1] = before + trace.countdown_spawn_block(level + 1, [c.node_id for c in kept])
         results = [(node.node_id, summary_path(child.goal, node, self.target).rstrip("\n") if child.solved else None)
                    for node, child in zip(kept, children)]
-        run.main_calls.append(before + render.join_block(level + 1, results))
+        run.main_calls.append(before + trace.countdown_join_block(level + 1, results))
         winner = next((child for child in children if child.solved), None)
         if winner is None:
             return False
-        run.main_calls[-1] += render.goal_line(winner.goal.nums[0], self.target) + summary_path(winner.goal, start, self.target)
+        run.main_calls[-1] += trace.goal_line(winner.goal.nums[0], self.target) + summary_path(winner.goal, start, self.target)
         run.goal = winner.goal
         return True
 
 
 # ---------------------------------------------------------------------------- entry points
-
-
-def problem_rng(seed: int, method: str, index: int) -> random.Random:
-    return random.Random(f"apr-ds:solve:{seed}:{method}:{index}")
 
 
 def solve_sosp(problem: Problem, cfg, rng: random.Random) -> SolverRun:
@@ -225,7 +195,7 @@ def solve_sosp(problem: Problem, cfg, rng: random.Random) -> SolverRun:
     root = Node("0", list(problem.nums), [], heuristic(problem.nums, problem.target))
     solver = SoSPlusSolver(problem.target, heuristic, rng, beam, cfg.sosp_subsearch_probability)
     text, goal = solver.search(root, root)
-    prompt = render.sosp_prompt(problem.target, problem.nums)
+    prompt = trace.sosp_prompt(problem.target, problem.nums)
     # The trace starts with the prompt's own state line, so the prompt is its exact prefix.
     assert text.startswith(prompt + "\n")
     return SolverRun(prompt, [text], goal=goal)
@@ -238,7 +208,7 @@ def solve_apr(problem: Problem, cfg, rng: random.Random) -> SolverRun:
     child_beam = rng.randint(beam, max(beam, cfg.apr_max_child_beam))
     root = Node("0", list(problem.nums), [], heuristic(problem.nums, problem.target))
     solver = APRSolver(problem.target, heuristic, rng, child_beam, cfg.spawn_probability, cfg.max_spawn_depth)
-    return solver.search(root, beam, render.apr_prompt(problem.target, problem.nums))
+    return solver.search(root, beam, trace.apr_prompt(problem.target, problem.nums))
 
 
 SOLVERS = {"sosp": solve_sosp, "apr": solve_apr}

@@ -1,15 +1,21 @@
-"""RL's line penalty: which generated tokens a wrong line marks, and the advantages the learner gives them."""
+"""RL's line penalty: which generated tokens a wrong line marks (the task's wrong spans mapped onto tokens by
+`LineMarks`, on the rollout side), and the advantages the learner gives them."""
 
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
+from apr_ds.cluster.messages import TrajectoryGroup
+from apr_ds.config import load_config
 from apr_ds.data.tokenizer import build_tokenizer
 from apr_ds.errors import UserError
-from apr_ds.eval.lines import count_lines, wrong_spans
-from apr_ds.learner.line_penalty import WrongTokens
-from apr_ds.learner.rl import build_shares
+from apr_ds.learner.batch import build_shares
+from apr_ds.rollout.line_marks import LineMarks
+from apr_ds.tasks import get_task
+from apr_ds.tasks.countdown_lines import count_lines, wrong_spans
+
+TASK = get_task(load_config("tiny"))
 
 STATE = "Current State: 24:[3, 8, 1], Operations: []\n"
 RIGHT = "Exploring Operation: 3+8=11, Resulting Numbers: [1, 11]\n"
@@ -50,7 +56,7 @@ def test_join_blocks_and_lines_without_a_state_are_not_checked():
 
 def test_marks_cover_only_the_generated_tokens_of_the_wrong_part():
     tokenizer = build_tokenizer()
-    marks_of = WrongTokens(tokenizer)
+    marks_of = LineMarks(tokenizer, TASK)
     prompt = tokenizer.encode("<s>" + STATE)
     output = tokenizer.encode(RIGHT + WRONG_RESULT)
     marks = marks_of(np.asarray(prompt + output), len(prompt))
@@ -67,41 +73,45 @@ def test_a_tokenizer_whose_tokens_do_not_decode_one_by_one_is_refused():
     domain = build_tokenizer()
     spaced = SimpleNamespace(encode=domain.encode, decode=lambda ids, **kw: domain.decode(ids, **kw) + " ")
     with pytest.raises(UserError, match="rl.line_penalty needs a tokenizer"):
-        WrongTokens(spaced)
+        LineMarks(spaced, TASK)
+
+
+def _group(rewards, prompt_len: int, sequences, marks_of) -> TrajectoryGroup:
+    """One group as a rollout rank ships it: sequence p is program p's, its output tokens marked by `marks_of`."""
+    table = np.asarray([[prompt_len, len(s), p] for p, s in enumerate(sequences)])
+    behaviour = np.zeros(sum(len(s) - prompt_len for s in sequences), np.float32)
+    marks = np.concatenate([marks_of(np.asarray(s), prompt_len) for s in sequences])
+    return TrajectoryGroup(SimpleNamespace(rewards=rewards), np.asarray(sum(sequences, [])), behaviour, table, marks)
 
 
 def test_build_shares_subtracts_the_penalty_even_from_a_failed_program():
     tokenizer = build_tokenizer()
-    wrong_tokens = WrongTokens(tokenizer)
+    wrong_tokens = LineMarks(tokenizer, TASK)
     prompt = tokenizer.encode("<s>" + STATE)
     sequences = [prompt + tokenizer.encode(RIGHT), prompt + tokenizer.encode(WRONG_RESULT)]  # program 0, program 1
-    tokens = np.asarray(sum(sequences, []))
-    table = np.asarray([[len(prompt), len(s), p] for p, s in enumerate(sequences)])
-    behaviour = np.zeros(sum(len(s) - len(prompt) for s in sequences), np.float32)
-    group = (SimpleNamespace(rewards=[1, 0]), tokens, behaviour, table)
+    group = _group([1, 0], len(prompt), sequences, wrong_tokens)
 
     shares, counts = build_shares([group], 1, 0.0, "reward")  # off: the failed program is left out
-    assert counts["trained_sequences"] == 1 and counts["penalised_tokens"] == 0
-    shares, counts = build_shares([group], 1, 0.0, "reward", line_penalty=0.5, wrong_tokens=wrong_tokens)
-    assert counts["trained_sequences"] == 2 and counts["sequences"] == 2
-    advantages = {tuple(ids): a for ids, a in zip(shares[0]["tokens"], shares[0]["advantages"])}
+    assert counts.trained_sequences == 1 and counts.penalised_tokens == 0
+    shares, counts = build_shares([group], 1, 0.0, "reward", line_penalty=0.5)
+    assert counts.trained_sequences == 2 and counts.sequences == 2
+    advantages = {tuple(s.ids): s.advantages for s in shares[0].sequences}
     solved, failed = (advantages[tuple(s)] for s in sequences)
     assert set(solved.tolist()) == {1.0}
     wrong = tokenizer.encode("25")
-    assert counts["penalised_tokens"] == len(wrong) == int((failed == -0.5).sum())
+    assert counts.penalised_tokens == len(wrong) == int((failed == -0.5).sum())
     assert failed[-1] == 0.0 and failed[0] == 0.0  # only the wrong result, not the line around it
 
 
 def test_collated_advantages_line_up_with_the_tokens_they_score():
     """The learner predicts token t+1 at position t: a marked token's advantage must sit where it is the target."""
-    from apr_ds.learner.rl import collate
+    from apr_ds.learner.batch import collate
     tokenizer = build_tokenizer()
     prompt = tokenizer.encode("<s>" + STATE)
     sequence = prompt + tokenizer.encode(WRONG_RESULT)
-    group = (SimpleNamespace(rewards=[0]), np.asarray(sequence), np.zeros(len(sequence) - len(prompt), np.float32),
-             np.asarray([[len(prompt), len(sequence), 0]]))
-    shares, _ = build_shares([group], 1, 0.0, "reward", line_penalty=1.0, wrong_tokens=WrongTokens(tokenizer))
-    ids, targets, mask, _, advantages = collate(shares[0], [0], pad_id=0, bos_id=1)
+    group = _group([0], len(prompt), [sequence], LineMarks(tokenizer, TASK))
+    shares, _ = build_shares([group], 1, 0.0, "reward", line_penalty=1.0)
+    ids, targets, mask, _, advantages, _ = collate(shares[0].sequences, pad_id=0, bos_id=1)
     penalised = [int(t) for t, a in zip(targets[0], advantages[0]) if a == -1.0]
     assert tokenizer.decode(penalised) == "25"
     assert mask[0, :len(prompt) - 1].sum() == 0 and (advantages[0][mask[0] == 0] == 0).all()

@@ -1,4 +1,4 @@
-"""Per-line diagnostics of generated traces: which skills a model has before it solves anything.
+"""Per-line checks of Countdown traces: which skills a model has before it solves anything.
 
 End-to-end success needs every line of a solution path right, so accuracy stays at 0% long after a model
 has learned most of the parts. For every `Exploring Operation` line a model wrote (join blocks, which copy
@@ -14,8 +14,8 @@ and for every `Generated Node` line:
 and for every complete line (one that ends in a newline: the context may cut the last) that starts like one of
 `Current State`, `Exploring Operation` or `Generated Node`:
     format       the line parses. A line that does not (`Exploring Operation: 22+38=]`) escapes every other
-                 check, so RL's line penalty (which reads these verdicts) would leave it free: configuration 22
-                 wrote 5,820 malformed `Exploring Operation` lines per 1,000 problems by step 20 (SFT: 17)
+                 check, so RL's line penalty (which reads these verdicts) would leave it free, and RL does
+                 learn to write such lines when nothing answers for them.
 """
 
 from __future__ import annotations
@@ -23,17 +23,11 @@ from __future__ import annotations
 import re
 from collections import Counter
 
-from apr_ds.lang.render import JOIN_CLOSE, JOIN_OPEN
-from apr_ds.lang.syntax import EXPLORE_RE, GENERATED_RE, STATE_RE
+from apr_ds.lang import JOIN_CLOSE, JOIN_OPEN
+from apr_ds.tasks.countdown_trace import EXPLORE_RE, GENERATED_RE, LINE_STARTS, STATE_RE, parse_ints
 
 SKILLS = ("operands", "arithmetic", "result_list", "distinct", "target", "format")
-_LINE_KINDS = {"Current State:": "state", "Exploring Operation:": "operation", "Generated Node": "node"}
-_CHECKED_PREFIXES = tuple(_LINE_KINDS)
 _WHOLE_LINE = re.compile(r".*")
-
-
-def _ints(text: str) -> list[int]:
-    return [int(x) for x in text.split(", ")] if text else []
 
 
 def _operation(m) -> tuple[int, str, int]:
@@ -51,6 +45,20 @@ def _arithmetic_ok(a: int, sign: str, b: int, c: int) -> bool:
     return c == {"+": lambda: a + b, "*": lambda: a * b, "-": lambda: a - b, "/": lambda: a // b}[sign]()
 
 
+def _operation_verdicts(m, state_nums, explored: set) -> dict:
+    """The skills of one `Exploring Operation` line, against the numbers of the state it was written under."""
+    (a, sign, b), c = _operation(m), int(m.group(4))
+    pool = Counter(state_nums)
+    operands_ok = pool[a] >= 1 and pool[b] >= 1 and (a != b or pool[a] >= 2)
+    expected = (pool - Counter([a, b])) + Counter([c]) if operands_ok else None
+    operation = (min(a, b), sign, max(a, b)) if sign in "+*" else (a, sign, b)
+    verdicts = {"operands": operands_ok, "arithmetic": _arithmetic_ok(a, sign, b, c),
+                "result_list": expected is not None and Counter(parse_ints(m.group(5))) == expected,
+                "distinct": operation not in explored}
+    explored.add(operation)
+    return verdicts
+
+
 def checked_lines(text: str):
     """Yields (offset of the line in `text`, its match, {skill: right}) for every checked line outside join blocks."""
     state, explored, in_join, offset = None, set(), False, 0
@@ -63,24 +71,15 @@ def checked_lines(text: str):
             continue
         well_formed = {"format": True} if complete else {}
         if m := STATE_RE.match(line):
-            state, explored = (int(m.group(1)), _ints(m.group(2))), set()
+            state, explored = (int(m.group(1)), parse_ints(m.group(2))), set()
             yield start, m, well_formed
         elif m := EXPLORE_RE.match(line):
-            if state is None:
-                continue
-            (a, sign, b), c = _operation(m), int(m.group(4))
-            pool = Counter(state[1])
-            operands_ok = pool[a] >= 1 and pool[b] >= 1 and (a != b or pool[a] >= 2)
-            expected = (pool - Counter([a, b])) + Counter([c]) if operands_ok else None
-            operation = (min(a, b), sign, max(a, b)) if sign in "+*" else (a, sign, b)
-            yield start, m, {"operands": operands_ok, "arithmetic": _arithmetic_ok(a, sign, b, c),
-                             "result_list": expected is not None and Counter(_ints(m.group(5))) == expected,
-                             "distinct": operation not in explored, **well_formed}
-            explored.add(operation)
+            if state is not None:
+                yield start, m, {**_operation_verdicts(m, state[1], explored), **well_formed}
         elif m := GENERATED_RE.match(line):
             if state is not None:
                 yield start, m, {"target": int(m.group(2)) == state[0], **well_formed}
-        elif complete and line.startswith(_CHECKED_PREFIXES):  # starts like a checked line, parses as none
+        elif complete and line.startswith(tuple(LINE_STARTS)):  # starts like a checked line, parses as none
             yield start, _WHOLE_LINE.match(line), {"format": False}
 
 
@@ -96,10 +95,9 @@ def count_lines(text: str) -> Counter:
 # The part of its line each wrong skill names, as (first, last) regex group: only the tokens that were wrong given
 # what came before them. The rest of the line can be right given its prefix (the right result of a repeated
 # operation, a list that faithfully copies a wrong result), and pushing it down would teach the model to stop
-# computing or copying faithfully (docs/results.md, configuration 20). An operation with no right result (a smaller
-# number first, an inexact division) is the operation's mistake, not its result's: blamed on the result, the
-# operation went unpenalised and the model wrote more of them (configuration 21).
-# A line that does not parse answers for all of itself: where it went wrong is not known.
+# computing or copying faithfully. An operation with no right result (a smaller number first, an inexact division)
+# is the operation's mistake, not its result's: blamed on the result, the operation goes unpenalised and the model
+# writes more of them. A line that does not parse answers for all of itself: where it went wrong is not known.
 _WRONG_GROUPS = {"operands": (1, 3), "distinct": (1, 3), "arithmetic": (4, 4), "result_list": (5, 5), "target": (2, 2),
                  "format": (0, 0)}
 
@@ -121,8 +119,8 @@ def wrong_spans(text: str) -> list[tuple[int, int]]:
 
 def operator_counts(texts) -> dict:
     """Per operator (+ * - /): explored lines, how many have the right result, and how many have no right result at
-    all (a smaller number first, an inexact division). RL with `rl.line_penalty` can avoid an operator instead of
-    getting it right (docs/results.md, configuration 22); the per-line arithmetic alone does not show that."""
+    all (a smaller number first, an inexact division). RL with a line penalty can learn to avoid an operator instead
+    of getting it right; the per-line arithmetic alone does not show that."""
     counts = {sign: Counter() for sign in "+*-/"}
     for text in texts:
         for _, m, verdicts in checked_lines(text):
@@ -135,13 +133,13 @@ def operator_counts(texts) -> dict:
 
 def malformed_counts(texts) -> dict:
     """Complete lines that start like a `Current State`, `Exploring Operation` or `Generated Node` line and do not
-    parse, by kind. RL can trade a checked mistake for an unparsable line (configuration 22), which the per-skill
-    fractions hide: the line leaves every other skill's count."""
-    counts = Counter({kind: 0 for kind in _LINE_KINDS.values()})
+    parse, by kind. RL can trade a checked mistake for an unparsable line, which the per-skill fractions hide: the
+    line leaves every other skill's count."""
+    counts = Counter({kind: 0 for kind in LINE_STARTS.values()})
     for text in texts:
         for start, _, verdicts in checked_lines(text):
             if verdicts.get("format") is False:
-                counts[next(kind for prefix, kind in _LINE_KINDS.items() if text.startswith(prefix, start))] += 1
+                counts[next(kind for prefix, kind in LINE_STARTS.items() if text.startswith(prefix, start))] += 1
     return dict(counts)
 
 
