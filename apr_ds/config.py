@@ -1,7 +1,13 @@
 """Typed configuration: dataclasses, YAML presets shipped in the package, `key=value` overrides.
 
-Precedence is defaults < preset YAML < `--config FILE` < `key=value` on the command line.
-Each default is written exactly once, here, in the dataclass field.
+Precedence is defaults < preset YAML (after the presets it names as its `base`) < `--config FILE` < `key=value`
+on the command line. Each default is written exactly once, here, in the dataclass field (a shared section that
+another stage uses with other defaults gets them in that stage's `default_factory`).
+
+A field that is a choice is a `Literal`: a value outside it is refused with the key and the allowed values.
+Every section has `validate(key)` for its own ranges; `load_config` runs them all, so a command stops on a bad
+value before it writes anything or starts a worker. Rules that tie `apr-ds rl` to other sections are in
+`Config.validate_rl`, which apr_ds/launch.py runs before it starts any rank.
 
     from apr_ds.config import load_config
     cfg = load_config("tiny", ["task.num_train=500", "data.workers=1"])
@@ -16,24 +22,107 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 
 from apr_ds.errors import UserError
 
 PRESET_DIR = Path(__file__).parent / "presets"
+BASE_KEY = "base"
+"""A preset YAML may name another preset as its `base`: that one is applied first (`cpu_rl` = `cpu` + its RL recipe)."""
 
 
 class ConfigError(UserError, ValueError):
     """A config key, value or file that cannot be used. The message names the key and the fix."""
 
 
+# ---------------------------------------------------------------------------- choices
+
+Method = Literal["sosp", "apr"]
+"""The two trace formats: what `apr-ds data` writes, `sft` trains on and `rl` samples."""
+Precision = Literal["fp32", "bf16"]
+Schedule = Literal["cosine", "constant"]
+LossAgg = Literal["token_mean", "token_sum"]
+Advantage = Literal["group_norm", "reward"]
+Server = Literal["ours", "sglang", "url"]
+TaskName = Literal["countdown"]
+Heuristic = Literal["mult", "sum"]
+OverLength = Literal["drop", "keep"]
+ModelPreset = Literal["tiny", "cpu", "paper"]
+Split = Literal["train", "val", "test", "test_unseen_targets"]
+ServingDtype = Literal["float32", "bfloat16", "float16", "auto"]
+
+METHODS: tuple[str, ...] = typing.get_args(Method)
+RL_LOSS_AGGS: tuple[str, ...] = typing.get_args(LossAgg)
+RL_ADVANTAGES: tuple[str, ...] = typing.get_args(Advantage)
+RL_SERVERS: tuple[str, ...] = typing.get_args(Server)
+SPLITS: tuple[str, ...] = typing.get_args(Split)
+
+MOVED = {
+    "sft.ds_config": "sft.deepspeed.config",
+    "sft.precision": "sft.deepspeed.precision",
+    "sft.micro_batch": "sft.deepspeed.micro_batch",
+    "sft.lr": "sft.optim.lr",
+    "sft.warmup_start_lr": "sft.optim.warmup_start_lr",
+    "sft.warmup_steps": "sft.optim.warmup_steps",
+    "sft.min_lr": "sft.optim.min_lr",
+    "sft.beta1": "sft.optim.beta1",
+    "sft.beta2": "sft.optim.beta2",
+    "sft.weight_decay": "sft.optim.weight_decay",
+    "sft.grad_clip": "sft.optim.grad_clip",
+    "sft.save_every": "sft.checkpoint.save_every",
+    "sft.keep_last": "sft.checkpoint.keep_last",
+    "rl.ds_config": "rl.deepspeed.config",
+    "rl.precision": "rl.deepspeed.precision",
+    "rl.micro_batch": "rl.deepspeed.micro_batch",
+    "rl.lr": "rl.optim.lr",
+    "rl.weight_decay": "rl.optim.weight_decay",
+    "rl.grad_clip": "rl.optim.grad_clip",
+    "rl.save_every": "rl.checkpoint.save_every",
+    "rl.keep_last": "rl.checkpoint.keep_last",
+}
+"""Keys that left their section for a shared sub-section: old key -> new key. Setting an old one says where it went."""
+
+
+class _Ranges:
+    """Range checks of one section's fields; each message names the full key, the bound and the value."""
+
+    def __init__(self, section: Any, key: str):
+        self.section, self.key = section, key
+
+    def _fail(self, name: str, rule: str, why: str) -> None:
+        raise ConfigError(f"{self.key}.{name} must be {rule}{why}, got {getattr(self.section, name)!r}")
+
+    def rule(self, name: str, holds: bool, rule: str, why: str = "") -> None:
+        if not holds:
+            self._fail(name, rule, why)
+
+    def at_least(self, name: str, low: float, why: str = "") -> None:
+        if getattr(self.section, name) < low:
+            self._fail(name, f">= {low}", why)
+
+    def above(self, name: str, low: float, why: str = "") -> None:
+        if not getattr(self.section, name) > low:
+            self._fail(name, f"> {low}", why)
+
+    def between(self, name: str, low: float, high: float, why: str = "") -> None:
+        if not low <= getattr(self.section, name) <= high:
+            self._fail(name, f"in [{low}, {high}]", why)
+
+    def each_at_least(self, name: str, low: float, why: str = "") -> None:
+        if any(value < low for value in getattr(self.section, name)):
+            self._fail(name, f"a list of values >= {low}", why)
+
+
+# ---------------------------------------------------------------------------- sections
+
+
 @dataclass
 class TaskConfig:
     """The problem distribution and its splits."""
 
-    name: str = "countdown"
+    name: TaskName = "countdown"
     """Which task. Only `countdown` exists so far."""
     num_numbers: int = 4
     """How many input numbers a problem has."""
@@ -54,12 +143,24 @@ class TaskConfig:
     """Fraction of the target range held out of train/val/test for `test_unseen_targets`."""
     seed: int = 42
 
+    def validate(self, key: str) -> None:
+        check = _Ranges(self, key)
+        check.at_least("num_numbers", 2, " (a problem combines its numbers)")
+        check.at_least("min_number", 1)
+        check.rule("max_number", self.max_number >= self.min_number, f">= {key}.min_number={self.min_number}")
+        check.at_least("min_target", 1)
+        check.rule("max_target", self.max_target >= self.min_target, f">= {key}.min_target={self.min_target}")
+        for split in ("num_train", "num_val", "num_test", "num_test_unseen_targets"):
+            check.at_least(split, 0)
+        check.rule("unseen_target_fraction", 0 <= self.unseen_target_fraction < 1, "in [0, 1)",
+                   " (1 leaves no targets for train, val and test)")
+
 
 @dataclass
 class SolverConfig:
     """The symbolic solvers that write SFT traces (apr-reference §2.5)."""
 
-    heuristic: str = "mult"
+    heuristic: Heuristic = "mult"
     """`mult` (distance to the nearest factor of the target; the one the reference really uses) or `sum`."""
     sosp_min_beam: int = 1
     sosp_max_beam: int = 5
@@ -78,6 +179,17 @@ class SolverConfig:
     max_spawn_depth: int = 1
     """1 = only the main thread spawns (APR). 2+ lets children spawn too (nested; off by default)."""
 
+    def validate(self, key: str) -> None:
+        check = _Ranges(self, key)
+        for method in METHODS:
+            low, high = getattr(self, f"{method}_min_beam"), getattr(self, f"{method}_max_beam")
+            if not 1 <= low <= high:
+                raise ConfigError(f"{key}.{method}_min_beam must be between 1 and {key}.{method}_max_beam, got {low}..{high}")
+        check.at_least("apr_max_child_beam", 1)
+        check.between("sosp_subsearch_probability", 0, 1)
+        check.between("spawn_probability", 0, 1)
+        check.at_least("max_spawn_depth", 0)
+
 
 @dataclass
 class DataConfig:
@@ -87,7 +199,7 @@ class DataConfig:
     """Processes for problem generation and solving. Output is identical for any value."""
     max_seq_len: int = 4096
     """Sequences longer than this (in tokens, with bos/eos) are handled by `over_length`."""
-    over_length: str = "drop"
+    over_length: OverLength = "drop"
     """`drop` removes a problem's sequences if any of them is too long; `keep` leaves them (the learner truncates)."""
     keep_failed: bool = True
     """Keep traces whose search found no solution (they teach the model to give up and backtrack)."""
@@ -101,46 +213,104 @@ class DataConfig:
     apr_sub_call_budget: bool = False
     """Prefix APR root main calls with `Sub Call Budget: N ` (child-count conditioning)."""
 
+    def validate(self, key: str) -> None:
+        check = _Ranges(self, key)
+        check.at_least("workers", 1)
+        check.at_least("max_seq_len", 2, " (a sequence holds at least bos and eos)")
+        check.at_least("token_budget_bin", 1)
+
 
 @dataclass
 class ModelConfig:
     """The Llama model (apr_ds/model.py presets; apr-reference §3)."""
 
-    preset: str = "tiny"
+    preset: ModelPreset = "tiny"
     """Named shape: `tiny` (~1M params), `cpu` (~2M), `paper` (18 layers, d=1024: 228M non-embedding)."""
     context: int | None = None
     """Maximum sequence length in tokens; None = the preset's (tiny 512, cpu 768, paper 4096). Longer sequences are truncated."""
 
+    def validate(self, key: str) -> None:
+        if self.context is not None:
+            _Ranges(self, key).at_least("context", 2)
+
 
 @dataclass
-class SFTConfig:
-    """Supervised fine-tuning on solver traces with DeepSpeed ZeRO-3 (apr-reference §3). Writes {run_dir}/sft/{method}/."""
+class DeepSpeedConfig:
+    """The DeepSpeed engine a learner trains with (ZeRO-3). Shared by `sft` and `rl`, each with its own defaults."""
 
-    method: str = "sosp"
-    """Which sequences to train on: `sosp` (SoS+) or `apr`."""
-    ds_config: str = "zero3.json"
-    """DeepSpeed config: a file name in ds_configs/ (`zero3.json` bf16 GPUs, `zero3_cpu.json`, `zero3_offload.json`) or a path."""
-    precision: str = "bf16"
+    config: str = "zero3.json"
+    """DeepSpeed config: a file name in ds_configs/ (`zero3.json` bf16 GPUs, `zero3_cpu.json`, `zero3_offload.json`) or a path.
+    Its "auto" values (batch sizes, accumulation, clipping) are filled in from this YAML."""
+    precision: Precision = "bf16"
     """`fp32` or `bf16`. Must agree with the DeepSpeed config's `bf16.enabled`."""
-    global_batch: int = 256
-    """Sequences per optimizer step over all ranks. Must equal micro_batch x accumulation x world size."""
     micro_batch: int = 8
-    """Sequences per rank per forward/backward. Accumulation steps = global_batch / (micro_batch x world size)."""
-    steps: int = 19_000
-    """Optimizer steps in the whole run (the cosine schedule spans them)."""
+    """Sequences per rank per forward/backward."""
+
+    def validate(self, key: str) -> None:
+        if not self.config:
+            raise ConfigError(f"{key}.config must name a DeepSpeed config (a file in ds_configs/ or a path)")
+        _Ranges(self, key).at_least("micro_batch", 1)
+
+
+@dataclass
+class OptimConfig:
+    """AdamW and its learning-rate schedule. Shared by `sft` and `rl`, each with its own defaults."""
+
     lr: float = 5e-5
     """Peak learning rate, reached at the end of warmup."""
+    schedule: Schedule = "cosine"
+    """After warmup: `cosine` decays from `lr` to `min_lr` over the run's optimizer steps; `constant` stays at `lr`."""
     warmup_start_lr: float = 5e-6
     """Learning rate of the first step; rises linearly to `lr` over `warmup_steps`."""
     warmup_steps: int = 1
     min_lr: float = 5e-7
-    """Cosine decay from `lr` ends here, at step `steps`."""
+    """Where the cosine decay ends, at the run's last optimizer step."""
     beta1: float = 0.9
     beta2: float = 0.999
     weight_decay: float = 0.01
     """AdamW decoupled weight decay, applied to matrices (embeddings included), not to RMSNorm gains."""
     grad_clip: float = 1.0
     """Clip the global gradient norm to this; 0 turns clipping off."""
+
+    def validate(self, key: str) -> None:
+        check = _Ranges(self, key)
+        check.above("lr", 0, " (the schedule is a multiple of it)")
+        check.at_least("warmup_start_lr", 0)
+        check.at_least("warmup_steps", 0)
+        check.at_least("min_lr", 0)
+        if self.schedule == "cosine" and self.min_lr > self.lr:
+            raise ConfigError(f"{key}.min_lr={self.min_lr} is above {key}.lr={self.lr}: the cosine schedule decays from lr to min_lr")
+        for beta in ("beta1", "beta2"):
+            check.rule(beta, 0 <= getattr(self, beta) < 1, "in [0, 1)", " (at 1 Adam's moving averages never move)")
+        check.at_least("weight_decay", 0)
+        check.at_least("grad_clip", 0, " (0 turns clipping off)")
+
+
+@dataclass
+class CheckpointConfig:
+    """Sharded DeepSpeed checkpoints (learner/checkpoint.py). Shared by `sft` and `rl`, each with its own defaults."""
+
+    save_every: int = 1000
+    """Steps between checkpoints; a final one is always written."""
+    keep_last: int = 3
+    """Complete checkpoints kept; older ones are deleted after a new one is complete. 0 keeps them all."""
+
+    def validate(self, key: str) -> None:
+        check = _Ranges(self, key)
+        check.at_least("save_every", 1)
+        check.at_least("keep_last", 0, " (0 keeps every checkpoint)")
+
+
+@dataclass
+class SFTConfig:
+    """Supervised fine-tuning on solver traces with DeepSpeed ZeRO-3 (apr-reference §3). Writes {run_dir}/sft/{method}/."""
+
+    method: Method = "sosp"
+    """Which sequences to train on: `sosp` (SoS+) or `apr`."""
+    global_batch: int = 256
+    """Sequences per optimizer step over all ranks. Accumulation steps = global_batch / (deepspeed.micro_batch x world size)."""
+    steps: int = 19_000
+    """Optimizer steps in the whole run (the cosine schedule spans them)."""
     seed: int = 0
     """Seeds model init and the data order (with the epoch)."""
     init_model: str = ""
@@ -157,10 +327,19 @@ class SFTConfig:
     """Validation sequences scored for val loss (the first ones of the val split); 0 = all."""
     probe_problems: int = 32
     """Val problems decoded greedily (main thread only) and checked by the strict verifier at each eval; 0 = off."""
-    save_every: int = 1000
-    """Steps between sharded DeepSpeed checkpoints; a final one is always written."""
-    keep_last: int = 3
-    """Complete checkpoints kept; older ones are deleted after a new one is complete."""
+    deepspeed: DeepSpeedConfig = field(default_factory=DeepSpeedConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+
+    def validate(self, key: str) -> None:
+        check = _Ranges(self, key)
+        for name in ("global_batch", "steps", "bucket_steps", "log_every", "eval_every"):
+            check.at_least(name, 1)
+        check.at_least("eval_sequences", 0, " (0 = all)")
+        check.at_least("probe_problems", 0, " (0 = off)")
+        if self.global_batch % self.deepspeed.micro_batch:  # the world size is checked too once the launcher sets it
+            raise ConfigError(f"{key}.global_batch={self.global_batch} is not a multiple of "
+                              f"{key}.deepspeed.micro_batch={self.deepspeed.micro_batch}")
 
 
 @dataclass
@@ -182,8 +361,8 @@ class EngineConfig:
     clamped to the context limit and finish with reason `length`."""
     max_model_len: int = 0
     """Context limit (prompt + generation) in tokens; 0 = the model's max_position_embeddings."""
-    dtype: str = "float32"
-    """Weights and KV dtype: float32, bfloat16, or auto (the checkpoint's). bf16 is slow on AVX2-only CPUs."""
+    dtype: ServingDtype = "float32"
+    """Weights and KV dtype: float32, bfloat16, float16, or auto (the checkpoint's). bf16 is slow on AVX2-only CPUs."""
     num_threads: int = 0
     """torch intra-op threads for the forward pass; 0 = torch's default."""
     seed: int = 0
@@ -198,6 +377,15 @@ class EngineConfig:
     max_parallel_samples: int = 64
     """Largest `n` (samples of one prompt, sharing its cached prefix) a /generate or /v1/completions request may
     ask for; above it the request gets HTTP 400."""
+
+    def validate(self, key: str) -> None:
+        check = _Ranges(self, key)
+        for name in ("max_running_requests", "max_batch_tokens", "kv_cache_tokens", "default_max_new_tokens",
+                     "max_new_tokens_limit", "max_parallel_samples"):
+            check.at_least(name, 1)
+        check.at_least("max_model_len", 0, " (0 = the model's)")
+        check.at_least("num_threads", 0, " (0 = torch's default)")
+        check.above("weight_sync_timeout_s", 0)
 
 
 @dataclass
@@ -226,12 +414,24 @@ class RolloutConfig:
     concurrency: int = 16
     """Programs in flight at once against one server."""
 
+    def validate(self, key: str) -> None:
+        check = _Ranges(self, key)
+        check.at_least("max_context", 2)
+        check.at_least("max_children", 1)
+        check.at_least("max_spawns", 0)
+        check.at_least("max_depth", 0)
+        check.above("timeout_s", 0)
+        check.at_least("temperature", 0, " (0 is greedy decoding)")
+        check.rule("top_p", 0 < self.top_p <= 1, "in (0, 1]")
+        check.rule("top_k", self.top_k == -1 or self.top_k >= 1, "-1 (off) or >= 1")
+        check.at_least("concurrency", 1)
+
 
 @dataclass
 class EvalConfig:
     """`apr-ds eval`: which problems, which settings to sweep, where results go."""
 
-    split: str = "test"
+    split: Split = "test"
     """Problem split under {run_dir}/data/problems/: train, val, test or test_unseen_targets."""
     problems_file: str = ""
     """A problems JSONL to use instead of the split's file."""
@@ -253,12 +453,30 @@ class EvalConfig:
     out_dir: str = ""
     """Where results go; empty = {run_dir}/eval."""
 
+    def validate(self, key: str) -> None:
+        check = _Ranges(self, key)
+        check.at_least("num_problems", 0, " (0 = all)")
+        check.each_at_least("temperatures", 0, " (0 is greedy decoding)")
+        check.each_at_least("budgets", 0)
+        check.at_least("n", 1)
+        check.each_at_least("context_windows", 1)
+        check.at_least("servers", 1)
+        check.at_least("server_threads", 0, " (0 = torch's default)")
 
-METHODS = ("sosp", "apr")
-"""The two trace formats: what `apr-ds data` writes, `sft` trains on and `rl` samples (sft.method, rl.method)."""
-RL_LOSS_AGGS = ("token_mean", "token_sum")
-RL_ADVANTAGES = ("group_norm", "reward")
-RL_SERVERS = ("ours", "sglang", "url")
+
+def _rl_optim() -> OptimConfig:
+    """APR's TinyRL: a constant lr of 1e-5 from the first step, no weight decay."""
+    return OptimConfig(lr=1e-5, schedule="constant", warmup_steps=0, weight_decay=0.0, grad_clip=1.0)
+
+
+def _rl_deepspeed() -> DeepSpeedConfig:
+    """fp32 on CPU ranks; micro-batches hold whole threads, so fewer of them than SFT's."""
+    return DeepSpeedConfig(config="zero3_cpu.json", precision="fp32", micro_batch=4)
+
+
+def _rl_checkpoint() -> CheckpointConfig:
+    """An RL step costs minutes of rollouts, so checkpoints come every few steps."""
+    return CheckpointConfig(save_every=10, keep_last=2)
 
 
 @dataclass
@@ -267,7 +485,7 @@ class RLConfig:
 
     init_model: str = ""
     """The SFT model (a Hugging Face directory) RL starts from and the KL reference; empty = {run_dir}/sft/{method}/hf."""
-    method: str = "apr"
+    method: Method = "apr"
     """`apr` (spawn/join programs) or `sosp` (one sequential thread)."""
     learner_ranks: int = 1
     """MPI ranks 0..learner_ranks-1 train (DeepSpeed ZeRO-3 among themselves)."""
@@ -279,44 +497,36 @@ class RLConfig:
     group_size: int = 5
     """Programs sampled per prompt (G); the advantage is normalised within a group."""
     temperature: float = 1.0
-    lr: float = 1e-5
-    weight_decay: float = 0.0
     clip_eps: float = 0.2
     beta: float = 0.001
     """k3 KL weight against the frozen SFT model (APR 0.001, SoS+ 0.01); 0 skips the reference model."""
     is_cap: float = 2.0
     """Cap of the behaviour->proximal importance weight (decoupled PPO)."""
-    loss_agg: str = "token_mean"
+    loss_agg: LossAgg = "token_mean"
     """How a sequence's token losses add up. `token_mean` (APR's trainer): their mean, so a token's weight shrinks
     as its thread grows, and a long failed thread is penalised less per token than a short one. `token_sum`
     (Dr. GRPO): their sum over rollout.max_context, a constant, so every generated token weighs the same. On the
-    cpu task the sum did worse for both methods (docs/results.md, configuration 5)."""
+    cpu task the sum did worse for both methods (docs/results.md)."""
     overlong_buffer: int = 0
     """DAPO's soft overlong punishment: a program whose longest thread ends within this many tokens of
     rollout.max_context loses reward linearly, up to rl.overlong_penalty at the limit (where the window cuts it).
     0 = off: APR's binary reward."""
     overlong_penalty: float = 1.0
     line_penalty: float = 0.0
-    """Subtracted from the advantage of the tokens a checked line got wrong (an `Exploring Operation`'s impossible or
-    repeated operation, wrong result or wrong resulting list; a `Generated Node`'s wrong target; all of a state,
-    operation or node line that does not parse), whatever the program's outcome (learner/line_penalty.py).
-    0 = off: the outcome alone, as APR."""
-    advantage: str = "group_norm"
+    """Subtracted from the advantage of the wrong part of every checked trace line the task can verify (an
+    impossible or repeated step, a wrong result, a line that does not parse), whatever the program's outcome
+    (rollout/line_marks.py marks the tokens). 0 = off: the outcome alone, as APR."""
+    advantage: Advantage = "group_norm"
     """`group_norm` (GRPO, APR's trainer): (R - group mean) / group std. `reward`: A = R, REINFORCE without a
     baseline, which with the 0/1 reward trains only on solved programs (rejection-sampling fine-tuning done on-policy)."""
     ppo_epochs: int = 2
-    """Optimizer steps on each batch (APR: 2 full-batch steps)."""
-    micro_batch: int = 4
-    """Sequences per forward/backward on a learner rank."""
-    grad_clip: float = 1.0
+    """Optimizer steps on each batch (APR: 2 full-batch steps). The optimizer's schedule spans steps x ppo_epochs."""
     max_staleness: int = 1
     """eta: a program sampled with weight version v is used by learner step >= v only while step - v <= eta;
     older ones are dropped and counted. 0 = synchronous (on the same code path)."""
-    ds_config: str = "zero3_cpu.json"
-    precision: str = "fp32"
     bucket_mb: int = 32
     """Weight-sync bucket size: parameters gathered and broadcast together."""
-    server: str = "ours"
+    server: Server = "ours"
     """`ours` (apr-ds serve, CPU), `sglang` (python -m sglang.launch_server: GPUs, or SGLang's CPU engine where
     there is no GPU), or `url` (attach to server_urls)."""
     sglang_python: str = ""
@@ -337,14 +547,36 @@ class RLConfig:
     """A server this rank started and that died is restarted and re-synced this many times; then the job ends."""
     seed: int = 0
     log_every: int = 1
-    save_every: int = 10
-    keep_last: int = 2
     timeout_s: float = 600.0
     """Collective and message timeout: a rank silent this long ends the job with a message."""
     learner_cpus: list[int] = field(default_factory=list)
     """Pin learner ranks to these CPU cores (empty = no pinning), as on a cluster where roles own different devices."""
     rollout_cpus: list[int] = field(default_factory=list)
     """Pin rollout ranks, and the servers they start, to these CPU cores."""
+    deepspeed: DeepSpeedConfig = field(default_factory=_rl_deepspeed)
+    optim: OptimConfig = field(default_factory=_rl_optim)
+    checkpoint: CheckpointConfig = field(default_factory=_rl_checkpoint)
+
+    def validate(self, key: str) -> None:
+        check = _Ranges(self, key)
+        for name in ("learner_ranks", "rollout_ranks", "steps", "prompts_per_step", "ppo_epochs", "bucket_mb",
+                     "programs_in_flight", "log_every"):
+            check.at_least(name, 1)
+        check.at_least("group_size", 2, " (advantages are normalised within a group)")
+        check.above("temperature", 0, " (RL samples its programs; 0 is greedy decoding)")
+        check.above("clip_eps", 0)
+        check.at_least("beta", 0, " (0 skips the reference model)")
+        check.above("is_cap", 0)
+        check.at_least("overlong_buffer", 0, " (0 = off)")
+        check.at_least("overlong_penalty", 0)
+        check.at_least("line_penalty", 0, " (it is subtracted from a wrong line's advantage)")
+        check.at_least("max_staleness", 0, " (0 = synchronous)")
+        check.above("server_start_timeout_s", 0)
+        check.at_least("server_threads", 0)
+        check.at_least("max_server_restarts", 0)
+        check.above("timeout_s", 0)
+        check.each_at_least("learner_cpus", 0)
+        check.each_at_least("rollout_cpus", 0)
 
 
 @dataclass
@@ -363,20 +595,53 @@ class Config:
     eval: EvalConfig = field(default_factory=EvalConfig)
     rl: RLConfig = field(default_factory=RLConfig)
 
+    def validate(self) -> None:
+        """Every section's own ranges, sub-sections included (`load_config` runs this)."""
+        _validate_sections(self, "")
+
+    def validate_rl(self) -> None:
+        """What `apr-ds rl` needs of the other sections and of the rank counts, which a launcher may still set
+        after the config is resolved (slurm/plan.py passes rl.rollout_ranks on as an override)."""
+        rl, rollout = self.rl, self.rollout
+        if rollout.top_p != 1.0 or rollout.top_k != -1:
+            # the learner scores tokens under the whole tempered distribution, as the server's log-probs are;
+            # a truncated sampler draws from another one (and top_k=1 is greedy decoding)
+            raise ConfigError(f"rl needs untruncated sampling: rollout.top_p must be 1 and rollout.top_k -1, "
+                              f"got {rollout.top_p} and {rollout.top_k}")
+        if not 0 <= rl.overlong_buffer < rollout.max_context or rl.overlong_penalty < 0:
+            raise ConfigError(f"rl.overlong_buffer must be in [0, rollout.max_context={rollout.max_context}) and "
+                              f"rl.overlong_penalty >= 0, got {rl.overlong_buffer} and {rl.overlong_penalty}")
+        if rl.prompts_per_step < rl.rollout_ranks:
+            raise ConfigError(f"rl.prompts_per_step={rl.prompts_per_step} gives some of the {rl.rollout_ranks} "
+                              f"rollout ranks no work")
+        if rl.server == "url" and len(rl.server_urls) != rl.rollout_ranks:
+            raise ConfigError(f"rl.server=url needs one URL per rollout rank in rl.server_urls: {rl.rollout_ranks} "
+                              f"rollout rank(s), {len(rl.server_urls)} URL(s)")
+
+
+def _validate_sections(section: Any, key: str) -> None:
+    """Sub-sections first, so that a section's own rules may rely on its sub-sections' ranges."""
+    for f in dataclasses.fields(section):
+        value = getattr(section, f.name)
+        if dataclasses.is_dataclass(value):
+            _validate_sections(value, f"{key}.{f.name}" if key else f.name)
+    if key and hasattr(section, "validate"):
+        section.validate(key)
+
 
 # ---------------------------------------------------------------------------- loading
 
 
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:
     """The config options every config-driven command shares: defaults < preset < --config < key=value."""
-    parser.add_argument("--preset", default="tiny", help="a preset shipped in apr_ds/presets (tiny, cpu, paper)")
+    parser.add_argument("--preset", default="tiny",
+                        help=f"a preset shipped in apr_ds/presets ({', '.join(available_presets())})")
     parser.add_argument("--config", dest="config_file", default=None, help="a YAML file applied after the preset")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. task.num_train=1000")
 
 
-def config_from_args(args: argparse.Namespace):
+def config_from_args(args: argparse.Namespace) -> Config:
     return load_config(args.preset, args.overrides, args.config_file)
-
 
 
 def available_presets() -> list[str]:
@@ -384,12 +649,10 @@ def available_presets() -> list[str]:
 
 
 def load_config(preset: str | None = None, overrides: list[str] | None = None, config_file: str | None = None) -> Config:
+    """Resolve and validate a config; a bad key or value raises ConfigError before anything runs."""
     cfg = Config()
-    if preset:
-        path = PRESET_DIR / f"{preset}.yaml"
-        if not path.is_file():
-            raise ConfigError(f"unknown preset {preset!r}{_suggest(preset, available_presets())}; presets: {', '.join(available_presets())}")
-        apply_mapping(cfg, _read_yaml(path))
+    for mapping in preset_layers(preset) if preset else []:
+        apply_mapping(cfg, mapping)
     if config_file:
         apply_mapping(cfg, _read_yaml(Path(config_file)))
     for item in overrides or []:
@@ -397,7 +660,25 @@ def load_config(preset: str | None = None, overrides: list[str] | None = None, c
         if not sep or not key:
             raise ConfigError(f"override {item!r} is not of the form key=value (e.g. task.num_train=1000)")
         set_value(cfg, key.strip(), yaml.safe_load(raw) if raw.strip() else "")
+    cfg.validate()
     return cfg
+
+
+def preset_layers(preset: str, named_by: tuple[str, ...] = ()) -> list[dict]:
+    """A preset's mappings in the order they apply: its base's (recursively) first, then its own."""
+    path = PRESET_DIR / f"{preset}.yaml"
+    if not path.is_file():
+        raise ConfigError(f"unknown preset {preset!r}{_suggest(preset, available_presets())}; "
+                          f"presets: {', '.join(available_presets())}")
+    if preset in named_by:
+        raise ConfigError(f"preset {preset!r} is its own base: {' -> '.join((*named_by, preset))}")
+    mapping = _read_yaml(path)
+    base = mapping.pop(BASE_KEY, None)
+    if base is None:
+        return [mapping]
+    if not isinstance(base, str):
+        raise ConfigError(f"preset {preset!r}: {BASE_KEY} must name one preset, got {base!r}")
+    return [*preset_layers(base, (*named_by, preset)), mapping]
 
 
 def apply_mapping(cfg: Any, mapping: dict, prefix: str = "") -> None:
@@ -414,6 +695,8 @@ def apply_mapping(cfg: Any, mapping: dict, prefix: str = "") -> None:
 
 def set_value(cfg: Any, dotted: str, value: Any, root_prefix: str = "") -> None:
     """Set `a.b.c = value`; `cfg` is the object that `dotted` (minus root_prefix) is relative to."""
+    if dotted in MOVED:
+        raise ConfigError(f"{dotted} moved to {MOVED[dotted]}")
     parts = dotted[len(root_prefix):].split(".")
     target = cfg
     for depth, name in enumerate(parts):
@@ -436,6 +719,11 @@ def set_value(cfg: Any, dotted: str, value: Any, root_prefix: str = "") -> None:
 
 def _coerce(key: str, value: Any, hint: Any, spelled: Any) -> Any:
     origin = typing.get_origin(hint)
+    if origin is Literal:
+        allowed = typing.get_args(hint)
+        if isinstance(value, str) and value in allowed:
+            return value
+        raise ConfigError(f"{key} must be {' or '.join(allowed)}, got {value!r}{_suggest(str(value), list(allowed))}")
     if origin in (typing.Union, types.UnionType):
         args = typing.get_args(hint)
         if value is None and type(None) in args:

@@ -112,7 +112,7 @@ def shipped_models(run_dir: Path, shipped: Path, args, times: dict) -> None:
             one_thread)
     times["rl_shipped"] = _run("rl from the shipped APR model", [
         "rl", *common, f"rl.init_model={shipped / 'apr'}", "rl.method=apr", f"rl.steps={args.shipped_rl_steps}",
-        "rl.prompts_per_step=4", "rl.group_size=4", "rollout.max_context=768", "rl.save_every=1000"], one_thread)
+        "rl.prompts_per_step=4", "rl.group_size=4", "rollout.max_context=768", "rl.checkpoint.save_every=1000"], one_thread)
     times["cpu_report"] = _run("report (shipped models)", ["report", str(run_dir), "--out", str(run_dir / "report")])
 
 

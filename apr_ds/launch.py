@@ -25,8 +25,8 @@ import time
 import traceback
 from pathlib import Path
 
-from apr_ds.config import METHODS, RL_ADVANTAGES, RL_LOSS_AGGS, RL_SERVERS
 from apr_ds.errors import UserError
+from apr_ds.model import check_weights
 
 
 def add_arguments(parser) -> None:
@@ -40,45 +40,20 @@ def init_model_dir(cfg) -> str:
 
 
 def validate(cfg) -> None:
+    """Everything `apr-ds rl` can check before any rank starts: the config's RL rules (its sections' own ranges were
+    checked when it loaded), then what they name on this machine (the SFT model, the problems, SGLang)."""
+    cfg.validate_rl()
     rl = cfg.rl
-    for key, value, allowed in (("method", rl.method, METHODS), ("loss_agg", rl.loss_agg, RL_LOSS_AGGS),
-                                ("advantage", rl.advantage, RL_ADVANTAGES)):
-        if value not in allowed:
-            raise UserError(f"rl.{key} must be {' or '.join(allowed)}, got {value!r}")
-    if not 0 <= rl.overlong_buffer < cfg.rollout.max_context or rl.overlong_penalty < 0:
-        raise UserError(f"rl.overlong_buffer must be in [0, rollout.max_context={cfg.rollout.max_context}) and "
-                        f"rl.overlong_penalty >= 0, got {rl.overlong_buffer} and {rl.overlong_penalty}")
-    if rl.line_penalty < 0:
-        raise UserError(f"rl.line_penalty must be >= 0 (it is subtracted from a wrong line's advantage), got {rl.line_penalty}")
-    if rl.temperature <= 0:
-        raise UserError(f"rl.temperature must be > 0 (RL samples its programs; 0 is greedy decoding), got {rl.temperature}")
-    if cfg.rollout.top_p != 1.0 or cfg.rollout.top_k != -1:
-        # the learner scores tokens under the whole tempered distribution, as the server's log-probs are;
-        # a truncated sampler draws from another one (and top_k=1 is greedy decoding)
-        raise UserError(f"rl needs untruncated sampling: rollout.top_p must be 1 and rollout.top_k -1, "
-                        f"got {cfg.rollout.top_p} and {cfg.rollout.top_k}")
-    if rl.server not in RL_SERVERS:
-        raise UserError(f"rl.server must be {' or '.join(RL_SERVERS)}, got {rl.server!r}")
-    if rl.server == "url" and len(rl.server_urls) != rl.rollout_ranks:
-        raise UserError(f"rl.server=url needs one URL per rollout rank in rl.server_urls: {rl.rollout_ranks} rollout "
-                        f"rank(s), {len(rl.server_urls)} URL(s)")
     if rl.server == "sglang":
         _check_sglang(rl.sglang_python)
-    if rl.server_start_timeout_s <= 0:
-        raise UserError(f"rl.server_start_timeout_s must be > 0, got {rl.server_start_timeout_s}")
     model = Path(init_model_dir(cfg))
     if not (model / "config.json").is_file():
         raise UserError(f"no SFT model at {model} (rl.init_model); train one with `apr-ds sft sft.method={rl.method}`")
     _check_context(cfg.rollout.max_context, model / "config.json")
+    check_weights(model)
     problems = Path(cfg.run_dir) / "data" / "problems" / "train.jsonl"
     if not problems.is_file():
         raise UserError(f"no training problems at {problems}; run `apr-ds data` for this run_dir")
-    if rl.group_size < 2:
-        raise UserError(f"rl.group_size must be >= 2 (advantages are normalised within a group), got {rl.group_size}")
-    if rl.prompts_per_step < rl.rollout_ranks:
-        raise UserError(f"rl.prompts_per_step={rl.prompts_per_step} gives some of the {rl.rollout_ranks} rollout ranks no work")
-    if rl.max_staleness < 0 or rl.ppo_epochs < 1 or rl.micro_batch < 1:
-        raise UserError("rl.max_staleness must be >= 0, rl.ppo_epochs and rl.micro_batch >= 1")
 
 
 def _check_sglang(configured: str) -> None:

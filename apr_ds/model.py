@@ -20,13 +20,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from apr_ds.config import ModelPreset
 from apr_ds.errors import UserError
 
 if TYPE_CHECKING:  # torch and transformers load only where a model is really built
     from transformers import LlamaConfig, LlamaForCausalLM
 
 # Only the shape differs between presets; everything else is the paper's Llama-2-style recipe (SHARED).
-PRESETS: dict[str, dict] = {
+# The names are model.preset's choices (apr_ds/config.py ModelPreset): a config can name no other.
+PRESETS: dict[ModelPreset, dict] = {
     "tiny": dict(hidden_size=128, num_hidden_layers=4, num_attention_heads=4, intermediate_size=344, max_position_embeddings=512),
     "cpu": dict(hidden_size=192, num_hidden_layers=4, num_attention_heads=4, intermediate_size=512, max_position_embeddings=768),
     "paper": dict(hidden_size=1024, num_hidden_layers=18, num_attention_heads=16, intermediate_size=2752, max_position_embeddings=4096),
@@ -108,6 +110,19 @@ def save_hf(state_dict: dict, config: "LlamaConfig", out_dir: str | Path, tokeni
     return out
 
 
+def check_weights(path: str | Path) -> None:
+    """Every safetensors file of a model directory has a whole header whose tensors cover the file: a truncated or
+    overwritten file is named here, as a UserError, instead of surfacing as a traceback from safetensors' Rust core."""
+    from safetensors import SafetensorError, safe_open
+
+    for weights in sorted(Path(path).glob("*.safetensors")):
+        try:
+            with safe_open(str(weights), framework="pt"):
+                pass
+        except (SafetensorError, OSError) as e:
+            raise UserError(f"{weights} is truncated or corrupt ({e}); copy or export the model again") from None
+
+
 def load_hf(path: str | Path) -> "LlamaForCausalLM":
     """Load a saved model directory for evaluation (fp32, eval mode)."""
     import torch
@@ -115,4 +130,8 @@ def load_hf(path: str | Path) -> "LlamaForCausalLM":
 
     if not (Path(path) / "config.json").is_file():
         raise UserError(f"{path} is not a model directory (no config.json); export one with `apr-ds export CKPT OUT`")
-    return AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32).eval()
+    check_weights(path)
+    try:
+        return AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32).eval()
+    except OSError as e:  # no weights file at all
+        raise UserError(f"{path} has no readable weights: {e}") from None

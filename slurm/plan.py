@@ -59,7 +59,8 @@ def gpus_per_node() -> int:
 
 
 def resolve_config(command: str, args: list[str]):
-    from apr_ds.cli import build_parser, config_from_args
+    from apr_ds.cli import build_parser
+    from apr_ds.config import config_from_args
     parser = build_parser(command)
     parsed, rest = parser.parse_known_args([command, *args])
     extra = [a for a in rest if "=" in a and not a.startswith("-")]

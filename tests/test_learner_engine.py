@@ -10,17 +10,16 @@ from pathlib import Path
 
 import pytest
 
-from apr_ds.config import SFTConfig, load_config
+from apr_ds.config import DeepSpeedConfig, OptimConfig, load_config
 from apr_ds.errors import UserError
 from apr_ds.learner.engine import (DS_CONFIG_DIR, STALE_LOCK_S, load_ds_config, lr_at, param_groups, remove_stale_build_lock,
                                    use_venv_for_jit_builds)
 
 
-def sft(**changes):
-    base = SFTConfig(ds_config="zero3_cpu.json", precision="fp32", global_batch=16, micro_batch=4)
-    for key, value in changes.items():
-        setattr(base, key, value)
-    return base
+def ds(config="zero3_cpu.json", precision="fp32", world_size=2, section="sft", **optim):
+    """load_ds_config for an SFT section of global batch 16, micro-batch 4, and the given changes."""
+    return load_ds_config(DeepSpeedConfig(config=config, precision=precision, micro_batch=4), OptimConfig(**optim), 16,
+                          world_size, section)
 
 
 def write(tmp_path, **fields):
@@ -32,67 +31,92 @@ def write(tmp_path, **fields):
 
 
 def test_auto_values_come_from_the_yaml():
-    ds = load_ds_config(sft(), world_size=2)
-    assert (ds["train_batch_size"], ds["train_micro_batch_size_per_gpu"], ds["gradient_accumulation_steps"]) == (16, 4, 2)
-    assert ds["gradient_clipping"] == 1.0 and ds["bf16"]["enabled"] is False
-    assert ds["zero_optimization"]["stage"] == 3 and ds["zero_optimization"]["stage3_param_persistence_threshold"] == 0
+    filled = ds()
+    assert (filled["train_batch_size"], filled["train_micro_batch_size_per_gpu"], filled["gradient_accumulation_steps"]) == (16, 4, 2)
+    assert filled["gradient_clipping"] == 1.0 and filled["bf16"]["enabled"] is False
+    assert filled["zero_optimization"]["stage"] == 3 and filled["zero_optimization"]["stage3_param_persistence_threshold"] == 0
 
 
 def test_every_shipped_ds_config_loads_with_its_precision():
-    assert load_ds_config(sft(ds_config="zero3.json", precision="bf16"), 2)["bf16"]["enabled"] is True
-    assert load_ds_config(sft(ds_config="zero3_offload.json", precision="bf16"), 4)["zero_optimization"]["offload_optimizer"]["device"] == "cpu"
+    assert ds("zero3.json", "bf16")["bf16"]["enabled"] is True
+    assert ds("zero3_offload.json", "bf16", world_size=4)["zero_optimization"]["offload_optimizer"]["device"] == "cpu"
 
 
 def test_world_size_that_does_not_divide_the_batch():
     with pytest.raises(UserError, match="world size 3 does not divide the batch"):
-        load_ds_config(sft(), world_size=3)
+        ds(world_size=3)
 
 
 def test_explicit_values_must_agree_with_the_yaml(tmp_path):
-    load_ds_config(sft(ds_config=write(tmp_path, train_micro_batch_size_per_gpu=4, gradient_accumulation_steps=2)), 2)
-    with pytest.raises(UserError, match="sets train_micro_batch_size_per_gpu=8 but the YAML gives 4"):
-        load_ds_config(sft(ds_config=write(tmp_path, train_micro_batch_size_per_gpu=8)), 2)
-    with pytest.raises(UserError, match="sets train_batch_size=32 but the YAML gives 16"):
-        load_ds_config(sft(ds_config=write(tmp_path, train_batch_size=32)), 2)
+    ds(write(tmp_path, train_micro_batch_size_per_gpu=4, gradient_accumulation_steps=2))
+    with pytest.raises(UserError, match=r"sets train_micro_batch_size_per_gpu=8 but the YAML gives 4 \(sft.deepspeed.micro_batch\)"):
+        ds(write(tmp_path, train_micro_batch_size_per_gpu=8))
+    with pytest.raises(UserError, match=r"sets train_batch_size=32 but the YAML gives 16 \(sft.global_batch\)"):
+        ds(write(tmp_path, train_batch_size=32))
     with pytest.raises(UserError, match="gradient_accumulation_steps=1 but the YAML gives 2"):
-        load_ds_config(sft(ds_config=write(tmp_path, gradient_accumulation_steps=1)), 2)
-    with pytest.raises(UserError, match="gradient_clipping=0.5"):
-        load_ds_config(sft(ds_config=write(tmp_path, gradient_clipping=0.5)), 2)
+        ds(write(tmp_path, gradient_accumulation_steps=1))
+    with pytest.raises(UserError, match=r"gradient_clipping=0.5 but the YAML gives 1.0 \(sft.optim.grad_clip\)"):
+        ds(write(tmp_path, gradient_clipping=0.5))
+    with pytest.raises(UserError, match=r"the YAML gives 4 \(rl.deepspeed.micro_batch\)"):
+        ds(write(tmp_path, train_micro_batch_size_per_gpu=8), section="rl")
 
 
 def test_precision_must_agree(tmp_path):
-    with pytest.raises(UserError, match="bf16.enabled=true but sft.precision=fp32"):
-        load_ds_config(sft(ds_config="zero3.json"), 2)
-    with pytest.raises(UserError, match="bf16.enabled=false but sft.precision=bf16"):
-        load_ds_config(sft(precision="bf16"), 2)
+    with pytest.raises(UserError, match="bf16.enabled=true but sft.deepspeed.precision=fp32"):
+        ds("zero3.json")
+    with pytest.raises(UserError, match="bf16.enabled=false but sft.deepspeed.precision=bf16"):
+        ds(precision="bf16")
+    with pytest.raises(UserError, match="bf16.enabled=false but rl.deepspeed.precision=bf16"):
+        ds(precision="bf16", section="rl")
     with pytest.raises(UserError, match="enables fp16"):
-        load_ds_config(sft(ds_config=write(tmp_path, fp16={"enabled": True})), 2)
+        ds(write(tmp_path, fp16={"enabled": True}))
 
 
 def test_optimizer_belongs_to_the_yaml_and_unknown_files_are_named(tmp_path):
     with pytest.raises(UserError, match="defines 'optimizer'"):
-        load_ds_config(sft(ds_config=write(tmp_path, optimizer={"type": "AdamW"})), 2)
-    with pytest.raises(UserError, match="not found .* choose one of zero3.json, zero3_cpu.json, zero3_offload.json"):
-        load_ds_config(sft(ds_config="zero9.json"), 2)
+        ds(write(tmp_path, optimizer={"type": "AdamW"}))
+    with pytest.raises(UserError, match=r"'zero9.json' \(rl.deepspeed.config\) not found .* choose one of zero3.json, "
+                                        r"zero3_cpu.json, zero3_offload.json"):
+        ds("zero9.json", section="rl")
 
 
 def test_paper_schedule_is_warmup_then_cosine():
     paper = load_config("paper").sft
-    assert (paper.global_batch, paper.lr, paper.steps, paper.weight_decay, paper.grad_clip) == (256, 5e-5, 19_000, 0.01, 1.0)
-    assert lr_at(0, paper) == pytest.approx(5e-6)  # optax warmup_cosine_decay_schedule: init 5e-6, 1 step
-    assert lr_at(1, paper) == pytest.approx(5e-5)
-    assert lr_at(1 + 9_000 - 1, paper) < 5e-5
-    assert lr_at(19_000, paper) == pytest.approx(5e-7)
+    optim, steps = paper.optim, paper.steps
+    assert (paper.global_batch, optim.lr, steps, optim.weight_decay, optim.grad_clip) == (256, 5e-5, 19_000, 0.01, 1.0)
+    assert lr_at(0, optim, steps) == pytest.approx(5e-6)  # optax warmup_cosine_decay_schedule: init 5e-6, 1 step
+    assert lr_at(1, optim, steps) == pytest.approx(5e-5)
+    assert lr_at(1 + 9_000 - 1, optim, steps) < 5e-5
+    assert lr_at(19_000, optim, steps) == pytest.approx(5e-7)
     half = 1 + (19_000 - 1) // 2
-    assert lr_at(half, paper) == pytest.approx(5e-7 + 0.5 * (5e-5 - 5e-7) * (1 + math.cos(math.pi * (half - 1) / 18_999)))
+    assert lr_at(half, optim, steps) == pytest.approx(5e-7 + 0.5 * (5e-5 - 5e-7) * (1 + math.cos(math.pi * (half - 1) / 18_999)))
+
+
+def test_rl_schedule_is_constant():
+    """RL's default: APR's TinyRL lr 1e-5 from the first optimizer step to the last (steps x PPO epochs)."""
+    rl = load_config("paper").rl
+    total = rl.steps * rl.ppo_epochs
+    assert [lr_at(step, rl.optim, total) for step in (0, 1, total // 2, total - 1, total)] == [1e-5] * 5
+    warm = OptimConfig(lr=1e-4, schedule="constant", warmup_start_lr=0.0, warmup_steps=4)
+    assert [lr_at(step, warm, 100) for step in (0, 2, 4, 99)] == pytest.approx([0.0, 5e-5, 1e-4, 1e-4])
 
 
 def test_every_preset_has_a_consistent_sft_section():
     for preset in ("tiny", "cpu", "paper"):
         cfg = load_config(preset)
-        load_ds_config(cfg.sft, world_size=2 if preset != "paper" else 32)
+        sft = cfg.sft
+        load_ds_config(sft.deepspeed, sft.optim, sft.global_batch, 2 if preset != "paper" else 32, "sft")
         assert cfg.model.preset == preset
-        assert lr_at(cfg.sft.steps, cfg.sft) == pytest.approx(cfg.sft.min_lr)
+        assert lr_at(sft.steps, sft.optim, sft.steps) == pytest.approx(sft.optim.min_lr)
+
+
+@pytest.mark.parametrize("preset", ["tiny", "cpu", "cpu_rl", "paper"])
+def test_every_preset_has_a_consistent_rl_section(preset):
+    """What learner/rl.py builds: a nominal batch of one micro-batch per learner rank."""
+    rl = load_config(preset).rl
+    learners = rl.learner_ranks
+    ds_config = load_ds_config(rl.deepspeed, rl.optim, rl.deepspeed.micro_batch * learners, learners, "rl")
+    assert ds_config["train_micro_batch_size_per_gpu"] == rl.deepspeed.micro_batch
 
 
 def test_weight_decay_skips_norm_gains():

@@ -71,3 +71,35 @@ def test_hf_directory_round_trip_gives_equal_logits(tmp_path):
 def test_load_hf_on_a_non_model_directory(tmp_path):
     with pytest.raises(UserError, match="not a model directory"):
         load_hf(tmp_path)
+
+
+@pytest.fixture
+def truncated_model(tmp_path):
+    """A copy of a real shipped model whose model.safetensors lost its second half (an interrupted copy)."""
+    import shutil
+    from pathlib import Path
+    model = shutil.copytree(Path(__file__).resolve().parents[1] / "checkpoints" / "cpu" / "apr", tmp_path / "apr")
+    weights = model / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    return model
+
+
+def test_a_truncated_weights_file_is_named_not_a_rust_traceback(truncated_model):
+    weights = truncated_model / "model.safetensors"
+    with pytest.raises(UserError, match=f"{weights} is truncated or corrupt"):
+        load_hf(truncated_model)
+    weights.write_bytes(b"\x00" * 4)  # not even a header
+    with pytest.raises(UserError, match=f"{weights} is truncated or corrupt"):
+        load_hf(truncated_model)
+    weights.unlink()
+    with pytest.raises(UserError, match="has no readable weights"):
+        load_hf(truncated_model)
+
+
+def test_rl_names_a_truncated_init_model_before_any_rank_starts(apr_ds_cli, truncated_model, tmp_path):
+    import subprocess
+    proc = subprocess.run(apr_ds_cli + ["rl", "--preset", "tiny", f"run_dir={tmp_path / 'run'}",
+                                        f"rl.init_model={truncated_model}"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    assert f"apr-ds rl: error: {truncated_model / 'model.safetensors'} is truncated or corrupt" in proc.stderr
+    assert "Traceback" not in proc.stderr and "starting" not in proc.stdout

@@ -38,8 +38,8 @@ def test_tokenizer_mismatch(capsys, run_dir):
 
 
 def test_ds_config_contradicting_the_yaml(capsys, run_dir):
-    code, err = run_cli(capsys, "sft", "--preset", "tiny", f"run_dir={run_dir}", "sft.ds_config=zero3.json")
-    assert code == 2 and "bf16.enabled=true but sft.precision=fp32" in err
+    code, err = run_cli(capsys, "sft", "--preset", "tiny", f"run_dir={run_dir}", "sft.deepspeed.config=zero3.json")
+    assert code == 2 and "bf16.enabled=true but sft.deepspeed.precision=fp32" in err
 
 
 def test_world_size_not_dividing_the_batch(capsys, run_dir, monkeypatch):
@@ -79,3 +79,15 @@ def test_init_model_that_does_not_fit(capsys, run_dir, tmp_path):
 def _vocab(run_dir):
     import json
     return json.loads((run_dir / "data" / "manifest.json").read_text())["vocab_size"]
+
+
+def test_init_model_with_truncated_weights(capsys, run_dir, tmp_path):
+    """Named before any process group exists, not as safetensors' traceback from inside the engine build."""
+    from apr_ds.model import build_model, llama_config, save_hf
+
+    config = llama_config("tiny", _vocab(run_dir))
+    model = save_hf(build_model(config, seed=0).state_dict(), config, tmp_path / "cut", run_dir / "data" / "tokenizer")
+    weights = model / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-100])
+    code, err = run_cli(capsys, "sft", "--preset", "tiny", f"run_dir={run_dir}", f"sft.init_model={model}")
+    assert code == 2 and f"{weights} is truncated or corrupt" in err

@@ -48,7 +48,7 @@ def rl_rates(run_dir: Path, eta: int, steps: int, cpus: bool, ppo_epochs: int) -
     pin = ["rl.learner_cpus=[0]", "rl.rollout_cpus=[1]"] if cpus else []
     started = time.time()
     run(CLI + ["rl", "--preset", "tiny", f"run_dir={out}", "rl.method=apr", f"rl.steps={steps}", f"rl.max_staleness={eta}",
-               "rl.prompts_per_step=4", "rl.group_size=4", "rl.save_every=1000", "rl.programs_in_flight=16",
+               "rl.prompts_per_step=4", "rl.group_size=4", "rl.checkpoint.save_every=1000", "rl.programs_in_flight=16",
                "rollout.max_context=384", "rl.server_threads=1", f"rl.ppo_epochs={ppo_epochs}", *pin],
         env={"OMP_NUM_THREADS": "1"})
     rows = [json.loads(x) for x in (out / "rl" / "scalars.jsonl").read_text().splitlines()]
@@ -88,7 +88,7 @@ def main() -> None:
         run_dir = Path(tmp)
         run(CLI + ["data", "--preset", "tiny", f"run_dir={run_dir}", "task.num_train=2000", "data.workers=2"])
         run(CLI + ["sft", "--preset", "tiny", f"run_dir={run_dir}", "sft.method=apr", "sft.steps=150", "sft.eval_every=1000",
-                   "sft.save_every=1000", "sft.probe_problems=0"], env={"OMP_NUM_THREADS": "2"})
+                   "sft.checkpoint.save_every=1000", "sft.probe_problems=0"], env={"OMP_NUM_THREADS": "2"})
         results = {}
         for eta in (0, 1, 2):
             results[str(eta)] = rl_rates(run_dir, eta, args.steps, not args.no_pin, args.ppo_epochs)

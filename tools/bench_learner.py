@@ -56,9 +56,10 @@ def synthetic_batch(args, rows: int, seed: int):
 
 
 def sft_config(args, micro_batch: int):
-    from apr_ds.config import SFTConfig
-    return SFTConfig(ds_config="zero3_cpu.json", precision="fp32", global_batch=args.global_batch, micro_batch=micro_batch,
-                     steps=1000, lr=1e-3, warmup_start_lr=1e-3, warmup_steps=0, min_lr=1e-3)
+    from apr_ds.config import DeepSpeedConfig, OptimConfig, SFTConfig
+    return SFTConfig(global_batch=args.global_batch, steps=1000,
+                     deepspeed=DeepSpeedConfig(config="zero3_cpu.json", precision="fp32", micro_batch=micro_batch),
+                     optim=OptimConfig(lr=1e-3, schedule="constant", warmup_steps=0))
 
 
 class PhaseTimer:
@@ -103,11 +104,12 @@ def run_torch(args) -> dict:
     torch.set_num_threads(args.torch_threads)
     sft = sft_config(args, args.global_batch)
     model = build_model(llama_config(args.preset, args.vocab, args.seq_len), seed=0).train()
-    opt = torch.optim.AdamW(param_groups(model, sft.weight_decay), lr=sft.lr, betas=(sft.beta1, sft.beta2))
+    optim = sft.optim
+    opt = torch.optim.AdamW(param_groups(model, optim.weight_decay), lr=optim.lr, betas=(optim.beta1, optim.beta2))
     batches = [synthetic_batch(args, args.global_batch, seed=0)]
 
     def step():
-        torch.nn.utils.clip_grad_norm_(model.parameters(), sft.grad_clip)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), optim.grad_clip)
         opt.step()
         opt.zero_grad(set_to_none=True)
 
@@ -124,10 +126,11 @@ def zero3_worker(args) -> None:
 
     world = world_size_from_env()
     sft = sft_config(args, args.global_batch // world)
-    ds_config = load_ds_config(sft, world)
+    ds_config = load_ds_config(sft.deepspeed, sft.optim, sft.global_batch, world, "sft")
     init_distributed()
     rank = dist.get_rank()
-    engine = build_engine(build_model(llama_config(args.preset, args.vocab, args.seq_len), seed=0), sft, ds_config)
+    engine = build_engine(build_model(llama_config(args.preset, args.vocab, args.seq_len), seed=0), sft.optim, sft.steps,
+                          ds_config)
     ids, labels = synthetic_batch(args, args.global_batch, seed=0)
     mine = [(ids[rank::world], labels[rank::world])]  # each rank: its half of the same global batch
     # engine.backward scales by 1/accumulation and ZeRO averages over ranks; scale back to the global per-token mean

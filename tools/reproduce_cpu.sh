@@ -16,15 +16,16 @@ WIDE=(run_dir=runs/cpu_solved data.keep_failed=false solver.sosp_min_beam=3 solv
 
 # Stage 1: mixed beams 1..3 (~19M tokens per method, ~85 min side by side).
 $A data --preset cpu
-$A sft --preset cpu sft.method=sosp sft.steps=1400 sft.micro_batch=8 &
+$A sft --preset cpu sft.method=sosp sft.steps=1400 sft.deepspeed.micro_batch=8 &
 sosp=$!
-$A sft --preset cpu sft.method=apr sft.steps=1900 sft.micro_batch=8
+$A sft --preset cpu sft.method=apr sft.steps=1900 sft.deepspeed.micro_batch=8
 wait $sosp
 
 # Stage 2: fixed beam 3, from the stage-1 models (~8M tokens per method, ~30 min side by side).
 $A data --preset cpu "${WIDE[@]}"
-STAGE2=(sft.micro_batch=8 "sft.init_model=runs/cpu/sft/{method}/hf" sft.lr=7.5e-4 sft.warmup_start_lr=1.5e-4
-        sft.warmup_steps=20 sft.min_lr=7.5e-5 sft.eval_every=150 sft.save_every=150)
+STAGE2=(sft.deepspeed.micro_batch=8 "sft.init_model=runs/cpu/sft/{method}/hf" sft.optim.lr=7.5e-4
+        sft.optim.warmup_start_lr=1.5e-4 sft.optim.warmup_steps=20 sft.optim.min_lr=7.5e-5 sft.eval_every=150
+        sft.checkpoint.save_every=150)
 $A sft --preset cpu "${WIDE[@]}" sft.method=sosp sft.steps=450 "${STAGE2[@]}" &
 sosp=$!
 $A sft --preset cpu "${WIDE[@]}" sft.method=apr sft.steps=650 "${STAGE2[@]}"
@@ -38,11 +39,10 @@ for run in cpu cpu_solved; do
     wait $sosp
 done
 
-# RL from the stage-2 APR model, the shipped apr_rl recipe (docs/results.md configurations 25-27): A = R with a
-# per-line penalty and a KL term, 32 prompts x 8 a step, 1 learner + 2 rollout ranks sharing both cores; 10 steps
-# (about 75 min). The shipped run was set for 20 and stopped at 10: the same training (RL's lr is constant).
-$A rl --preset cpu run_dir=runs/cpu_solved rl.advantage=reward rl.beta=0.01 rl.line_penalty=1.0 rl.prompts_per_step=32 \
-    rl.steps=10 rl.rollout_ranks=2 "rl.rollout_cpus=[0,1]"
+# RL from the stage-2 APR model with the cpu_rl preset, the recipe of the shipped apr_rl model (apr_ds/presets/cpu_rl.yaml
+# says what each setting is for): A = R with a per-line penalty and a KL term, 32 prompts x 8 a step, 1 learner +
+# 2 rollout ranks sharing both cores; 10 steps (about 75 min).
+$A rl --preset cpu_rl run_dir=runs/cpu_solved
 $A eval --preset cpu run_dir=runs/cpu_solved --model runs/cpu_solved/rl/hf --method apr --tag _rl
 
 $A report runs/cpu_solved --out runs/cpu_solved/report

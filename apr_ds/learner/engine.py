@@ -1,15 +1,15 @@
-"""The DeepSpeed engine: the ds_configs/ file + the YAML's `sft` section -> an initialised ZeRO-3 engine.
+"""The DeepSpeed engine: a ds_configs/ file + a learner's `deepspeed` and `optim` sections -> an initialised ZeRO-3 engine.
 
-The same engine serves SFT now and RL later. Order of use:
+SFT and RL build theirs the same way, each from its own sections (`sft.*` or `rl.*`). Order of use:
 
-    ds_config = load_ds_config(cfg.sft, world_size_from_env())   # checks only: fails before any process group exists
-    init_distributed()                                            # gloo on CPU, NCCL on GPU
-    engine = build_engine(model, cfg.sft, ds_config)              # AdamW + warmup-cosine schedule, ZeRO-3 partitioned
+    ds_config = load_ds_config(sft.deepspeed, sft.optim, sft.global_batch, world_size_from_env(), "sft")  # checks only
+    init_distributed()                                                  # gloo on CPU, NCCL on GPU
+    engine = build_engine(model, sft.optim, sft.steps, ds_config)       # AdamW + its schedule, ZeRO-3 partitioned
 
 DeepSpeed config files (ds_configs/*.json) leave the values the YAML owns as "auto": batch sizes,
-accumulation and gradient clipping are filled in from `sft.*`; a number written there instead must
-agree with the YAML, and so must `bf16.enabled` with `sft.precision`. The optimizer and its schedule
-always come from the YAML, so a ds config may not define them.
+accumulation and gradient clipping are filled in from the YAML; a number written there instead must
+agree with it, and so must `bf16.enabled` with `<section>.deepspeed.precision`. The optimizer and its
+schedule always come from `<section>.optim`, so a ds config may not define them.
 
 Nothing here touches CUDA at import time: torch and deepspeed are imported inside the functions,
 and without a GPU `DS_ACCELERATOR=cpu` is set before deepspeed is imported.
@@ -25,48 +25,60 @@ import time
 import warnings
 from pathlib import Path
 
+from typing import TYPE_CHECKING
+
 from apr_ds.cluster.ports import claim_port, reserve_port
 from apr_ds.errors import UserError
+
+if TYPE_CHECKING:
+    from apr_ds.config import DeepSpeedConfig, OptimConfig
 
 DS_CONFIG_DIR = Path(__file__).resolve().parents[2] / "ds_configs"
 _WORLD_SIZE_ENV = ("WORLD_SIZE", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE")
 _LAUNCHER_ENV = ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "LOCAL_RANK")
 COMM_OP = "deepspeed_shm_comm"
 STALE_LOCK_S = 600
+_GLOBAL_BATCH_KEYS = {"sft": "sft.global_batch"}  # RL has no key of its own for it: micro-batch x learner ranks
 
 
 # ---------------------------------------------------------------------------- the DeepSpeed config
 
 
-def resolve_ds_config(name: str) -> Path:
-    """A path as given, else a file name in ds_configs/."""
+def resolve_ds_config(name: str, key: str) -> Path:
+    """A path as given, else a file name in ds_configs/. `key` is the config key that named it, for the message."""
     for path in (Path(name), DS_CONFIG_DIR / name):
         if path.is_file():
             return path
     choices = ", ".join(sorted(p.name for p in DS_CONFIG_DIR.glob("*.json")))
-    raise UserError(f"DeepSpeed config {name!r} (sft.ds_config) not found as a path or in {DS_CONFIG_DIR}; choose one of {choices}")
+    raise UserError(f"DeepSpeed config {name!r} ({key}) not found as a path or in {DS_CONFIG_DIR}; choose one of {choices}")
 
 
-def load_ds_config(sft, world_size: int) -> dict:
-    """Read the ds config named by `sft.ds_config`, fill its "auto" values from the YAML, and check the rest agree."""
-    path = resolve_ds_config(sft.ds_config)
+def load_ds_config(deepspeed: DeepSpeedConfig, optim: OptimConfig, global_batch: int, world_size: int, section: str) -> dict:
+    """Read the ds config `deepspeed.config` names, fill its "auto" values from the YAML, and check the rest agree.
+
+    `section` ("sft" or "rl") is where `deepspeed` and `optim` live in the YAML, so that messages name the real keys.
+    RL's batch changes every step (set_train_batch_size); its `global_batch` here is nominal.
+    """
+    micro_key, clip_key, precision_key = (f"{section}.deepspeed.micro_batch", f"{section}.optim.grad_clip",
+                                          f"{section}.deepspeed.precision")
+    batch_key = _GLOBAL_BATCH_KEYS.get(section, f"{micro_key} x {world_size} ranks")
+    path = resolve_ds_config(deepspeed.config, f"{section}.deepspeed.config")
     try:
         ds = json.loads(path.read_text())
     except json.JSONDecodeError as e:
         raise UserError(f"DeepSpeed config {path} is not valid JSON: {e}") from None
 
-    if sft.precision not in ("fp32", "bf16"):
-        raise UserError(f"sft.precision must be fp32 or bf16, got {sft.precision!r}")
-    if sft.global_batch % (sft.micro_batch * world_size):
-        raise UserError(f"world size {world_size} does not divide the batch: sft.global_batch={sft.global_batch} is not a "
-                        f"multiple of sft.micro_batch={sft.micro_batch} x {world_size} ranks; change the batch, the micro-batch "
+    micro_batch = deepspeed.micro_batch
+    if global_batch % (micro_batch * world_size):
+        raise UserError(f"world size {world_size} does not divide the batch: {batch_key}={global_batch} is not a "
+                        f"multiple of {micro_key}={micro_batch} x {world_size} ranks; change the batch, the micro-batch "
                         f"or the number of ranks")
-    accumulation = sft.global_batch // (sft.micro_batch * world_size)
+    accumulation = global_batch // (micro_batch * world_size)
     wanted = {
-        "train_batch_size": (sft.global_batch, "sft.global_batch"),
-        "train_micro_batch_size_per_gpu": (sft.micro_batch, "sft.micro_batch"),
-        "gradient_accumulation_steps": (accumulation, f"sft.global_batch / (sft.micro_batch x {world_size} ranks)"),
-        "gradient_clipping": (sft.grad_clip, "sft.grad_clip"),
+        "train_batch_size": (global_batch, batch_key),
+        "train_micro_batch_size_per_gpu": (micro_batch, micro_key),
+        "gradient_accumulation_steps": (accumulation, f"{batch_key} / ({micro_key} x {world_size} ranks)"),
+        "gradient_clipping": (optim.grad_clip, clip_key),
     }
     for key, (value, source) in wanted.items():
         given = ds.get(key, "auto")
@@ -75,18 +87,19 @@ def load_ds_config(sft, world_size: int) -> dict:
                             f"set it to \"auto\" in the ds config or make the two agree")
         ds[key] = value
 
-    for section in ("optimizer", "scheduler"):
-        if section in ds:
-            raise UserError(f"DeepSpeed config {path.name} defines {section!r}, but the optimizer and its schedule come from "
-                            f"the YAML (sft.lr, sft.weight_decay, ...); remove the {section!r} section")
+    for part in ("optimizer", "scheduler"):
+        if part in ds:
+            raise UserError(f"DeepSpeed config {path.name} defines {part!r}, but the optimizer and its schedule come from "
+                            f"the YAML ({section}.optim); remove the {part!r} section")
     if ds.get("fp16", {}).get("enabled") is True:
-        raise UserError(f"DeepSpeed config {path.name} enables fp16; apr-ds trains in fp32 or bf16 (sft.precision)")
+        raise UserError(f"DeepSpeed config {path.name} enables fp16; apr-ds trains in fp32 or bf16 ({precision_key})")
     bf16 = ds.setdefault("bf16", {}).get("enabled", "auto")
     if bf16 == "auto":
-        ds["bf16"]["enabled"] = sft.precision == "bf16"
-    elif bool(bf16) != (sft.precision == "bf16"):
-        raise UserError(f"DeepSpeed config {path.name} has bf16.enabled={str(bf16).lower()} but sft.precision={sft.precision}; "
-                        f"use a ds config matching the precision (zero3_cpu.json is fp32, zero3.json is bf16) or change sft.precision")
+        ds["bf16"]["enabled"] = deepspeed.precision == "bf16"
+    elif bool(bf16) != (deepspeed.precision == "bf16"):
+        raise UserError(f"DeepSpeed config {path.name} has bf16.enabled={str(bf16).lower()} but "
+                        f"{precision_key}={deepspeed.precision}; use a ds config matching the precision "
+                        f"(zero3_cpu.json is fp32, zero3.json is bf16) or change {precision_key}")
     return ds
 
 
@@ -240,14 +253,17 @@ def close_distributed() -> None:
 # ---------------------------------------------------------------------------- optimizer, schedule, engine
 
 
-def lr_at(step: int, sft) -> float:
-    """Learning rate of optimizer step `step` (0-based): linear warmup from `warmup_start_lr` to `lr`,
-    then cosine decay to `min_lr` at `steps` (optax.warmup_cosine_decay_schedule, as the paper used)."""
-    if step < sft.warmup_steps:
-        return sft.warmup_start_lr + (sft.lr - sft.warmup_start_lr) * step / sft.warmup_steps
-    decay_steps = max(1, sft.steps - sft.warmup_steps)
-    progress = min(1.0, (step - sft.warmup_steps) / decay_steps)
-    return sft.min_lr + 0.5 * (sft.lr - sft.min_lr) * (1 + math.cos(math.pi * progress))
+def lr_at(step: int, optim: OptimConfig, total_steps: int) -> float:
+    """Learning rate of optimizer step `step` (0-based): linear warmup from `warmup_start_lr` to `lr` over
+    `warmup_steps`, then `constant` stays at `lr` and `cosine` decays to `min_lr` at `total_steps`
+    (optax.warmup_cosine_decay_schedule, as the paper used)."""
+    if step < optim.warmup_steps:
+        return optim.warmup_start_lr + (optim.lr - optim.warmup_start_lr) * step / optim.warmup_steps
+    if optim.schedule == "constant":
+        return optim.lr
+    decay_steps = max(1, total_steps - optim.warmup_steps)
+    progress = min(1.0, (step - optim.warmup_steps) / decay_steps)
+    return optim.min_lr + 0.5 * (optim.lr - optim.min_lr) * (1 + math.cos(math.pi * progress))
 
 
 def param_groups(model, weight_decay: float) -> list[dict]:
@@ -257,26 +273,27 @@ def param_groups(model, weight_decay: float) -> list[dict]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def build_optimizer(model, sft, ds_config: dict):
+def build_optimizer(model, optim: OptimConfig, ds_config: dict):
     """torch AdamW (nothing to compile); DeepSpeedCPUAdam when ZeRO offloads the optimizer to CPU (its JIT op builds once)."""
     import torch
-    groups = param_groups(model, sft.weight_decay)
-    betas = (sft.beta1, sft.beta2)
+    groups = param_groups(model, optim.weight_decay)
+    betas = (optim.beta1, optim.beta2)
     if offloads_optimizer(ds_config):
         from deepspeed.ops.adam import DeepSpeedCPUAdam
-        return DeepSpeedCPUAdam(groups, lr=sft.lr, betas=betas, adamw_mode=True)
-    return torch.optim.AdamW(groups, lr=sft.lr, betas=betas)
+        return DeepSpeedCPUAdam(groups, lr=optim.lr, betas=betas, adamw_mode=True)
+    return torch.optim.AdamW(groups, lr=optim.lr, betas=betas)
 
 
-def build_engine(model, sft, ds_config: dict):
-    """deepspeed.initialize with our optimizer and LambdaLR schedule; partitions the model (ZeRO-3)."""
+def build_engine(model, optim: OptimConfig, total_steps: int, ds_config: dict):
+    """deepspeed.initialize with our optimizer and LambdaLR schedule over `total_steps` optimizer steps;
+    partitions the model (ZeRO-3)."""
     import deepspeed
     import torch
 
-    optimizer = build_optimizer(model, sft, ds_config)
+    optimizer = build_optimizer(model, optim, ds_config)
 
     def schedule(opt):  # called by DeepSpeed with the optimizer it will step; multiplier of the peak lr
-        return torch.optim.lr_scheduler.LambdaLR(opt, lambda step: lr_at(step, sft) / sft.lr)
+        return torch.optim.lr_scheduler.LambdaLR(opt, lambda step: lr_at(step, optim, total_steps) / optim.lr)
 
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=schedule, config=ds_config)
     return engine

@@ -65,11 +65,12 @@ def train(cfg, resume: str = "auto", stop_after: int | None = None) -> dict:
     out = Path(cfg.run_dir) / "sft" / sft.method
     world_size = world_size_from_env()
     # Bad input stops here, before any process group or model exists.
-    ds_config = load_ds_config(sft, world_size)
+    ds_config = load_ds_config(sft.deepspeed, sft.optim, sft.global_batch, world_size, "sft")
     data = load_sft_data(Path(cfg.run_dir) / "data", sft.method)
     model_config = llama_config(cfg.model.preset, data.vocab_size, cfg.model.context)
     context = model_config.max_position_embeddings
-    plan = BatchPlan(data.train.lengths(context), sft.global_batch, sft.micro_batch, world_size, sft.seed, sft.bucket_steps)
+    plan = BatchPlan(data.train.lengths(context), sft.global_batch, sft.deepspeed.micro_batch, world_size, sft.seed,
+                     sft.bucket_steps)
     resume_path = resolve_resume(resume, out / "checkpoints")
     init_model = check_init_model(sft, data, model_config)
     truncated = int((data.train.lengths() > context).sum())
@@ -87,6 +88,7 @@ def train(cfg, resume: str = "auto", stop_after: int | None = None) -> dict:
 def check_init_model(sft, data, model_config) -> Path | None:
     """The model directory a continued SFT starts from, checked against the data and the preset; None = fresh weights."""
     from apr_ds.data.tokenizer import tokenizer_sha256
+    from apr_ds.model import check_weights
 
     if not sft.init_model:
         return None
@@ -102,30 +104,23 @@ def check_init_model(sft, data, model_config) -> Path | None:
     differ = [f"{k} {saved.get(k)} (preset {expected.get(k)})" for k in keys if saved.get(k) != expected.get(k)]
     if differ:
         raise UserError(f"sft.init_model: {path} does not have the model preset's shape: {', '.join(differ)}")
+    check_weights(path)
     return path
 
 
 def _train(cfg, out, ds_config, data, model_config, plan, resume_path, init_model, stop_after) -> dict:
     import torch.distributed as dist
-    from tqdm import tqdm
 
     from apr_ds.config import save_config
-    from apr_ds.learner.checkpoint import checkpoint_tag, load_checkpoint, save_checkpoint
-    from apr_ds.learner.engine import build_engine, lr_at
-    from apr_ds.model import build_model, load_hf
+    from apr_ds.learner.checkpoint import checkpoint_tag
 
     sft, rank, world_size = cfg.sft, dist.get_rank(), dist.get_world_size()
     if world_size != plan.world_size:
         raise UserError(f"the launcher announced {plan.world_size} ranks but {world_size} joined; check the launcher's "
                         f"environment (WORLD_SIZE / PMI_SIZE / OMPI_COMM_WORLD_SIZE)")
     context = model_config.max_position_embeddings
-    tokenizer_sha = data.manifest["tokenizer_sha256"]
-    model = load_hf(init_model).train() if init_model else build_model(model_config, seed=sft.seed)
-    engine = build_engine(model, sft, ds_config)
-    start = 0
-    if resume_path is not None:
-        start = load_checkpoint(engine, resume_path, world_size, tokenizer_sha)["step"]
-        log.info(f"resumed from {resume_path} at step {start}")
+    engine, start = _start_engine(sft, ds_config, model_config, init_model, resume_path, world_size,
+                                  data.manifest["tokenizer_sha256"])
     if rank == 0:
         save_config(cfg, out)
     writer = ScalarWriter(out / "tb", enabled=rank == 0)
@@ -133,15 +128,53 @@ def _train(cfg, out, ds_config, data, model_config, plan, resume_path, init_mode
     log.info(f"sft {sft.method}: {world_size} ranks, {plan.accumulation} accumulation steps, "
              f"{len(data.train)} train sequences ({plan.steps_per_epoch} steps/epoch), steps {start}->{sft.steps}"
              + (f", from {init_model}" if init_model else ""))
+    last_stop = sft.steps if stop_after is None else min(stop_after, sft.steps)
+    metrics = _run_steps(engine, cfg, out, data, model_config, plan, evaluator, writer, start, last_stop)
+
+    if last_stop == sft.steps:
+        final = out / "checkpoints" / checkpoint_tag(sft.steps)  # saved by the loop, or the one a finished run resumed from
+        metrics["export/max_abs_logit_diff"] = export_final(engine, final, out / "hf", data, context, rank)
+        writer.scalars(sft.steps, {"export/max_abs_logit_diff": metrics["export/max_abs_logit_diff"]})
+        log.info(f"exported {out / 'hf'} (max |logit diff| vs engine {metrics['export/max_abs_logit_diff']:.2e})")
+    writer.close()
+    return metrics
+
+
+def _start_engine(sft, ds_config, model_config, init_model, resume_path, world_size: int, tokenizer_sha: str):
+    """The engine on fresh weights or `init_model`'s, restored from `resume_path` if any. Returns it and its next step."""
+    from apr_ds.learner.checkpoint import load_checkpoint
+    from apr_ds.learner.engine import build_engine
+    from apr_ds.model import build_model, load_hf
+
+    model = load_hf(init_model).train() if init_model else build_model(model_config, seed=sft.seed)
+    engine = build_engine(model, sft.optim, sft.steps, ds_config)
+    start = 0
+    if resume_path is not None:
+        start = load_checkpoint(engine, resume_path, world_size, tokenizer_sha)["step"]
+        log.info(f"resumed from {resume_path} at step {start}")
+    return engine, start
+
+
+def _run_steps(engine, cfg, out, data, model_config, plan, evaluator, writer, start: int, last_stop: int) -> dict:
+    """Steps start..last_stop, each logged, evaluated and checkpointed on its schedule. Returns the last metrics."""
+    import torch.distributed as dist
+    from tqdm import tqdm
+
+    from apr_ds.learner.checkpoint import save_checkpoint
+    from apr_ds.learner.engine import lr_at
+
+    sft, rank, world_size = cfg.sft, dist.get_rank(), dist.get_world_size()
+    context = model_config.max_position_embeddings
+    tokenizer_sha = data.manifest["tokenizer_sha256"]
 
     def trainer_state(step):
         return {"step": step, "epoch": step // plan.steps_per_epoch, "step_in_epoch": step % plan.steps_per_epoch,
                 "seed": sft.seed, "world_size": world_size, "tokenizer_sha256": tokenizer_sha}
 
     def save(step):
-        return save_checkpoint(engine, out / "checkpoints", step, trainer_state(step), model_config, data.tokenizer_dir, sft.keep_last)
+        return save_checkpoint(engine, out / "checkpoints", step, trainer_state(step), model_config, data.tokenizer_dir,
+                               sft.checkpoint.keep_last)
 
-    last_stop = sft.steps if stop_after is None else min(stop_after, sft.steps)
     meter = Meter()
     metrics: dict = {}
     bar = tqdm(total=sft.steps, initial=start, disable=rank != 0, desc=f"sft {sft.method}", unit="step", dynamic_ncols=True)
@@ -149,7 +182,7 @@ def _train(cfg, out, ds_config, data, model_config, plan, resume_path, init_mode
         meter.add(train_step(engine, data.train, plan, step, rank, context))
         done = step + 1
         if done % sft.log_every == 0 or done == last_stop:
-            metrics = meter.summarise(engine, lr=lr_at(step, sft))  # the lr this step used
+            metrics = meter.summarise(engine, lr=lr_at(step, sft.optim, sft.steps))  # the lr this step used
             writer.scalars(done, metrics)
             bar.set_postfix(loss=f"{metrics['train/loss']:.3f}", lr=f"{metrics['train/lr']:.1e}",
                             tok_s=f"{metrics['train/tokens_per_s']:.0f}", pad=f"{metrics['train/padding_fraction']:.1%}")
@@ -158,17 +191,10 @@ def _train(cfg, out, ds_config, data, model_config, plan, resume_path, init_mode
             if rank == 0:
                 bar.write(f"step {done}: val loss {metrics.get('val/loss', float('nan')):.4f}, "
                           f"probe accuracy {metrics.get('val/probe_accuracy', float('nan')):.1%}")
-        if done % sft.save_every == 0 or done == last_stop:
+        if done % sft.checkpoint.save_every == 0 or done == last_stop:
             save(done)
         bar.update(1)
     bar.close()
-
-    if last_stop == sft.steps:
-        final = out / "checkpoints" / checkpoint_tag(sft.steps)  # saved by the loop, or the one a finished run resumed from
-        metrics["export/max_abs_logit_diff"] = export_final(engine, final, out / "hf", data, context, rank)
-        writer.scalars(sft.steps, {"export/max_abs_logit_diff": metrics["export/max_abs_logit_diff"]})
-        log.info(f"exported {out / 'hf'} (max |logit diff| vs engine {metrics['export/max_abs_logit_diff']:.2e})")
-    writer.close()
     return metrics
 
 
@@ -244,14 +270,17 @@ class Evaluator:
         from apr_ds.data.dataset import eval_batches
         from apr_ds.data.tokenizer import load_tokenizer
         from apr_ds.learner.probe import GreedyProbe, load_probe_problems, probe_prompt
+        from apr_ds.tasks import get_task
 
         self.data, self.context = data, context
-        self.batches = eval_batches(data.val, cfg.sft.eval_sequences, cfg.sft.micro_batch, context)
-        problems = load_probe_problems(data.data_dir, cfg.sft.probe_problems)
+        self.batches = eval_batches(data.val, cfg.sft.eval_sequences, cfg.sft.deepspeed.micro_batch, context)
+        task = get_task(cfg)
+        problems = load_probe_problems(task, data.data_dir, cfg.sft.probe_problems)
         built_with = data.manifest.get("config", {})  # the settings the data was made with, not today's config
         data_config = {**built_with.get("data", {}), "apr_max_beam": built_with.get("solver", {}).get("apr_max_beam")}
-        prompts = [probe_prompt(cfg.sft.method, p, data_config) for p in problems]
-        self.probe = GreedyProbe(problems, prompts, load_tokenizer(data.tokenizer_dir), model_config, context) if problems else None
+        prompts = [probe_prompt(task, cfg.sft.method, p, data_config) for p in problems]
+        tokenizer = load_tokenizer(data.tokenizer_dir)
+        self.probe = GreedyProbe(task, problems, prompts, tokenizer, model_config, context) if problems else None
 
     def run(self, engine, step: int, writer: ScalarWriter, rank: int, world_size: int) -> dict:
         metrics = {}

@@ -91,9 +91,9 @@ class Smoke:
         ds_config, precision = ("zero3_cpu.json", "fp32") if self.dry_run else ("zero3.json", "bf16")
         log_every = max(1, self.steps // 3)  # the last interval's tokens/s leaves the first steps' warm-up out
         run_cli("sft", "--preset", "tiny", f"run_dir={self.run_dir}", "sft.method=apr",
-                f"model.preset={self.model_preset}", f"sft.ds_config={ds_config}", f"sft.precision={precision}",
-                f"sft.steps={self.steps}", "sft.global_batch=16", "sft.micro_batch=16", "sft.warmup_steps=2",
-                f"sft.log_every={log_every}", f"sft.eval_every={self.steps}", f"sft.save_every={self.steps}",
+                f"model.preset={self.model_preset}", f"sft.deepspeed.config={ds_config}", f"sft.deepspeed.precision={precision}",
+                f"sft.steps={self.steps}", "sft.global_batch=16", "sft.deepspeed.micro_batch=16", "sft.optim.warmup_steps=2",
+                f"sft.log_every={log_every}", f"sft.eval_every={self.steps}", f"sft.checkpoint.save_every={self.steps}",
                 "sft.eval_sequences=32", "sft.probe_problems=2",
                 log=self.work / "sft.log", timeout_s=420)
         out = self.run_dir / "sft" / "apr"

@@ -14,8 +14,8 @@ def _trained(tmp_path_factory):
     base = tmp_path_factory.mktemp("rl_base")
     cli = [sys.executable, "-m", "apr_ds.cli"]
     subprocess.run(cli + ["data", "--preset", "tiny", f"run_dir={base}", *TASK], check=True, capture_output=True, timeout=300)
-    subprocess.run(cli + ["sft", "--preset", "tiny", f"run_dir={base}", "sft.method=apr", "sft.steps=250", "sft.lr=3e-3",
-                          "sft.eval_every=250", "sft.save_every=250", "sft.probe_problems=0"],
+    subprocess.run(cli + ["sft", "--preset", "tiny", f"run_dir={base}", "sft.method=apr", "sft.steps=250", "sft.optim.lr=3e-3",
+                          "sft.eval_every=250", "sft.checkpoint.save_every=250", "sft.probe_problems=0"],
                    check=True, capture_output=True, timeout=900, env={**os.environ, "OMP_NUM_THREADS": "2"})
     return base
 

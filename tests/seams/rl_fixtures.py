@@ -22,7 +22,7 @@ def rl_command(run_dir, *overrides, learners=2, rollouts=2):
     # none at the preset's T=1.0 (measured), where a test asserting some reward fails on an unlucky machine.
     return [sys.executable, "-m", "apr_ds.cli", "rl", "--preset", "tiny", f"run_dir={run_dir}",
             f"rl.learner_ranks={learners}", f"rl.rollout_ranks={rollouts}", "rl.prompts_per_step=4", "rl.group_size=4",
-            "rl.lr=1e-4", "rl.temperature=0.5", "rl.programs_in_flight=8", "rollout.max_context=256", "rl.timeout_s=120",
+            "rl.optim.lr=1e-4", "rl.temperature=0.5", "rl.programs_in_flight=8", "rollout.max_context=256", "rl.timeout_s=120",
             *overrides]
 
 

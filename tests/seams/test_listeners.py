@@ -23,7 +23,7 @@ pytestmark = pytest.mark.slow
 def test_a_run_on_one_machine_listens_on_loopback_only(sft_run):
     run_dir = sft_run("apr", name="listeners")
     # many steps: the run is still going when we look, and stops when we say
-    command = rl_command(run_dir, "rl.steps=40", "rl.save_every=1", learners=2, rollouts=1)
+    command = rl_command(run_dir, "rl.steps=40", "rl.checkpoint.save_every=1", learners=2, rollouts=1)
     launcher = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                 start_new_session=True, env=ENV)
     seen = []

@@ -15,7 +15,7 @@ from rl_fixtures import TAGS, read_scalars, rl_command, run_rl
 
 def test_two_learners_two_rollout_ranks(sft_run):
     run_dir = sft_run("apr")
-    proc = run_rl(run_dir, "rl.steps=4", "rl.max_staleness=1", "rl.save_every=2")
+    proc = run_rl(run_dir, "rl.steps=4", "rl.max_staleness=1", "rl.checkpoint.save_every=2")
     assert proc.returncode == 0, proc.stderr[-4000:]
     rows = read_scalars(run_dir)
     assert [r["step"] for r in rows] == [1, 2, 3, 4]
@@ -39,7 +39,7 @@ def test_a_reward_run_without_kl_trains_only_solved_programs_on_two_learners(sft
     """A = R at beta 0: the learners run the solved programs' sequences only, balanced over two ranks, and still
     normalise by every sequence of each group with a solved program."""
     run_dir = sft_run("apr", name="reward")
-    proc = run_rl(run_dir, "rl.steps=3", "rl.advantage=reward", "rl.beta=0", "rl.save_every=3", rollouts=1)
+    proc = run_rl(run_dir, "rl.steps=3", "rl.advantage=reward", "rl.beta=0", "rl.checkpoint.save_every=3", rollouts=1)
     assert proc.returncode == 0, proc.stderr[-4000:]
     rows = read_scalars(run_dir)
     assert [r["step"] for r in rows] == [1, 2, 3]
@@ -69,9 +69,9 @@ def test_synchronous_mode_and_resume(sft_run):
     loses reward for its length and the learner must log a shaped reward below the verifier's accuracy."""
     run_dir = sft_run("apr", name="sync")
     shaped = ["rl.overlong_buffer=255", "rl.overlong_penalty=0.5"]
-    first = run_rl(run_dir, "rl.steps=2", "rl.max_staleness=0", "rl.save_every=1", *shaped, learners=1, rollouts=1)
+    first = run_rl(run_dir, "rl.steps=2", "rl.max_staleness=0", "rl.checkpoint.save_every=1", *shaped, learners=1, rollouts=1)
     assert first.returncode == 0, first.stderr[-4000:]
-    second = run_rl(run_dir, "rl.steps=3", "rl.max_staleness=0", "rl.save_every=1", *shaped, learners=1, rollouts=1)
+    second = run_rl(run_dir, "rl.steps=3", "rl.max_staleness=0", "rl.checkpoint.save_every=1", *shaped, learners=1, rollouts=1)
     assert second.returncode == 0, second.stderr[-4000:]
     assert "resumed from" in second.stderr and "step_00000002" in second.stderr
     rows = read_scalars(run_dir)
@@ -126,7 +126,7 @@ def test_a_killed_server_is_restarted_resynced_and_the_run_goes_on(sft_run):
     def victim(launcher_pid):
         first_server.append(_server_pid(run_dir))
         return first_server[0]
-    code, stderr = _run_and_kill(run_dir, victim, "rl.steps=6", "rl.save_every=1", "rl.max_staleness=1", rollouts=2)
+    code, stderr = _run_and_kill(run_dir, victim, "rl.steps=6", "rl.checkpoint.save_every=1", "rl.max_staleness=1", rollouts=2)
     assert code == 0, stderr[-4000:]
     assert "the inference server died (killed by signal 9); restarting it" in stderr
     rows = read_scalars(run_dir)
@@ -145,14 +145,14 @@ def test_a_killed_server_is_restarted_resynced_and_the_run_goes_on(sft_run):
 
 def test_a_dying_rollout_rank_ends_the_job_with_a_message_and_resume_works(sft_run):
     run_dir = sft_run("apr", name="fault")
-    code, stderr = _run_and_kill(run_dir, lambda launcher: _parent_of(_server_pid(run_dir)), "rl.steps=40", "rl.save_every=1")
+    code, stderr = _run_and_kill(run_dir, lambda launcher: _parent_of(_server_pid(run_dir)), "rl.steps=40", "rl.checkpoint.save_every=1")
     assert code != 0
     assert "apr-ds rl: the job failed" in stderr and "resume from the newest checkpoint" in stderr, stderr[-3000:]
     deadline = time.time() + 30  # the orphaned server got SIGTERM when its rank died (PR_SET_PDEATHSIG)
     while _servers_of(run_dir) and time.time() < deadline:
         time.sleep(0.5)
     assert not _servers_of(run_dir)
-    resumed = run_rl(run_dir, "rl.steps=3", "rl.save_every=1", learners=1, rollouts=1)
+    resumed = run_rl(run_dir, "rl.steps=3", "rl.checkpoint.save_every=1", learners=1, rollouts=1)
     assert resumed.returncode == 0, resumed.stderr[-4000:]
     assert "resumed from" in resumed.stderr
     assert read_scalars(run_dir)[-1]["step"] == 3
@@ -174,7 +174,7 @@ def test_sigterm_to_the_launcher_stops_every_rank_and_server(sft_run):
     """`kill PID` of `apr-ds rl` (what a user or a batch system sends) ends the whole job, not only the launcher."""
     run_dir = sft_run("apr", name="sigterm")
     try:
-        code, stderr = _run_and_kill(run_dir, lambda launcher: launcher, "rl.steps=40", "rl.save_every=1", sig=signal.SIGTERM)
+        code, stderr = _run_and_kill(run_dir, lambda launcher: launcher, "rl.steps=40", "rl.checkpoint.save_every=1", sig=signal.SIGTERM)
         assert code == 130 and "apr-ds rl: stopped; run the same command again to resume" in stderr, stderr[-3000:]
         deadline = time.time() + 30
         while _processes_of(run_dir) and time.time() < deadline:

@@ -32,7 +32,7 @@ def _sync_ms(rows) -> list[float]:
 
 def test_two_learners_two_sglang_servers(sft_run):
     run_dir = sft_run("apr", name="sglang")
-    proc = run_rl(run_dir, *_sglang("rl.steps=3", "rl.max_staleness=1", "rl.save_every=3"))
+    proc = run_rl(run_dir, *_sglang("rl.steps=3", "rl.max_staleness=1", "rl.checkpoint.save_every=3"))
     assert proc.returncode == 0, proc.stderr[-4000:]
     rows = read_scalars(run_dir)
     assert [r["step"] for r in rows] == [1, 2, 3]
@@ -49,9 +49,9 @@ def test_synchronous_mode_and_resume_on_sglang(sft_run):
     """The resumed run's server starts from the SFT weights; it must be brought to the checkpoint's version before
     it samples, so the learner scores every token under the weights that sampled it."""
     run_dir = sft_run("apr", name="sglang_sync")
-    first = run_rl(run_dir, *_sglang("rl.steps=2", "rl.max_staleness=0", "rl.save_every=1"), learners=1, rollouts=1)
+    first = run_rl(run_dir, *_sglang("rl.steps=2", "rl.max_staleness=0", "rl.checkpoint.save_every=1"), learners=1, rollouts=1)
     assert first.returncode == 0, first.stderr[-4000:]
-    second = run_rl(run_dir, *_sglang("rl.steps=3", "rl.max_staleness=0", "rl.save_every=1"), learners=1, rollouts=1)
+    second = run_rl(run_dir, *_sglang("rl.steps=3", "rl.max_staleness=0", "rl.checkpoint.save_every=1"), learners=1, rollouts=1)
     assert second.returncode == 0, second.stderr[-4000:]
     assert "resumed from" in second.stderr and "step_00000002" in second.stderr
     rows = read_scalars(run_dir)
@@ -68,7 +68,7 @@ def test_a_killed_sglang_server_is_restarted_and_resynced(sft_run):
     def victim(launcher_pid):
         first_server.append(_server_pid(run_dir))
         return first_server[0]
-    code, stderr = _run_and_kill(run_dir, victim, *_sglang("rl.steps=4", "rl.save_every=1", "rl.max_staleness=1"),
+    code, stderr = _run_and_kill(run_dir, victim, *_sglang("rl.steps=4", "rl.checkpoint.save_every=1", "rl.max_staleness=1"),
                                  rollouts=2, sig=signal.SIGKILL)
     assert code == 0, stderr[-4000:]
     assert "the inference server died (killed by signal 9); restarting it" in stderr

@@ -22,7 +22,7 @@ pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 STEPS = 8
-TRAIN = [f"sft.steps={STEPS}", "sft.warmup_steps=4", "sft.log_every=1", "sft.save_every=2", "sft.keep_last=2",
+TRAIN = [f"sft.steps={STEPS}", "sft.optim.warmup_steps=4", "sft.log_every=1", "sft.checkpoint.save_every=2", "sft.checkpoint.keep_last=2",
          "sft.eval_every=4", "sft.eval_sequences=32", "sft.probe_problems=4"]
 ENV = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}", "OMP_NUM_THREADS": "1",
        "PYTHONWARNINGS": "ignore::FutureWarning", "DS_ACCELERATOR": "cpu"}
@@ -170,7 +170,7 @@ def test_world_size_not_dividing_the_batch_stops_every_rank(straight):
 
 def test_a_second_stage_starts_from_the_given_model(straight, tmp_path_factory, data_dir):
     run_dir = new_run(tmp_path_factory, "second_stage", data_dir)
-    code, out = launch(torchrun(run_dir, "sft.steps=2", "sft.warmup_steps=1", "sft.save_every=2", "sft.eval_every=2",
+    code, out = launch(torchrun(run_dir, "sft.steps=2", "sft.optim.warmup_steps=1", "sft.checkpoint.save_every=2", "sft.eval_every=2",
                                 f"sft.init_model={straight}/sft/{{method}}/hf"))
     assert code == 0, out[-4000:]
     assert f"from {straight}/sft/sosp/hf" in out

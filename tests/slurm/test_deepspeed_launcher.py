@@ -22,11 +22,11 @@ from apr_ds.cluster.ports import free_port
 
 pytestmark = pytest.mark.slow
 
-SFT = ["sft", "--preset", "tiny", "sft.steps=2", "sft.warmup_steps=1", "sft.save_every=2", "sft.eval_every=2",
+SFT = ["sft", "--preset", "tiny", "sft.steps=2", "sft.optim.warmup_steps=1", "sft.checkpoint.save_every=2", "sft.eval_every=2",
        "sft.eval_sequences=8", "sft.probe_problems=1"]
 # RL from the SoS+ model the SFT run wrote: 1 learner + 1 rollout rank (the hostfile's 2 slots), 2 steps.
 RL = ["rl", "--preset", "tiny", "rl.method=sosp", "rl.learner_ranks=1", "rl.rollout_ranks=1", "rl.steps=2",
-      "rl.prompts_per_step=2", "rl.group_size=2", "rl.save_every=1", "rl.micro_batch=2", "rollout.max_context=256",
+      "rl.prompts_per_step=2", "rl.group_size=2", "rl.checkpoint.save_every=1", "rl.deepspeed.micro_batch=2", "rollout.max_context=256",
       "rl.timeout_s=120"]
 
 

@@ -23,8 +23,8 @@ from slurm_cluster import REPO, new_run
 pytestmark = pytest.mark.slow
 
 SFT_STEPS = 30
-SFT_ARGS = ["--preset", "tiny", "sft.method=apr", f"sft.steps={SFT_STEPS}", "sft.warmup_steps=2", "sft.log_every=1",
-            "sft.save_every=2", "sft.keep_last=2", f"sft.eval_every={SFT_STEPS}", "sft.eval_sequences=16",
+SFT_ARGS = ["--preset", "tiny", "sft.method=apr", f"sft.steps={SFT_STEPS}", "sft.optim.warmup_steps=2", "sft.log_every=1",
+            "sft.checkpoint.save_every=2", "sft.checkpoint.keep_last=2", f"sft.eval_every={SFT_STEPS}", "sft.eval_sequences=16",
             "sft.probe_problems=2"]
 
 
@@ -133,15 +133,15 @@ def test_a_config_error_fails_the_job_with_its_message(slurm, tiny_data, tmp_pat
     run_dir = new_run(tmp_path_factory, "slurm_bad", tiny_data)
     work = run_dir / "submit"
     work.mkdir()
-    job_id = slurm.submit("sft.sbatch", "--preset", "tiny", f"run_dir={run_dir}", "sft.precision=fp16", cwd=work,
+    job_id = slurm.submit("sft.sbatch", "--preset", "tiny", f"run_dir={run_dir}", "sft.deepspeed.precision=fp16", cwd=work,
                           env={"APR_LOG_ROOT": str(work / "logs")})
     job = slurm.wait(job_id)
     assert job["JobState"] == "FAILED" and job["ExitCode"] == "2:0", job
     assert slurm.jobcomp(job_id)["JobState"] == "FAILED"
     log = read(attempt_dir(work / "logs", "apr-sft", job_id, 0) / "sft.log")
-    assert "apr-ds sft: error: sft.precision must be fp32 or bf16, got 'fp16'" in log
+    assert "apr-ds sft: error: sft.deepspeed.precision must be fp32 or bf16, got 'fp16'" in log
     out = read(work / f"slurm-apr-sft-{job_id}.out")
-    assert "step sft FAILED: srun exit code 2" in out and "sft.precision must be fp32 or bf16" in out
+    assert "step sft FAILED: srun exit code 2" in out and "sft.deepspeed.precision must be fp32 or bf16" in out
 
 
 def test_a_dead_rank_ends_the_job_instead_of_hanging(slurm, tiny_data, tmp_path_factory):
@@ -150,7 +150,7 @@ def test_a_dead_rank_ends_the_job_instead_of_hanging(slurm, tiny_data, tmp_path_
     work.mkdir()
     logs = work / "logs"
     job_id = slurm.submit("sft.sbatch", "--preset", "tiny", f"run_dir={run_dir}", "sft.steps=100000",
-                          "sft.save_every=100000", "sft.eval_every=100000", "sft.log_every=1", cwd=work,
+                          "sft.checkpoint.save_every=100000", "sft.eval_every=100000", "sft.log_every=1", cwd=work,
                           env={"APR_LOG_ROOT": str(logs)})
     log_path = attempt_dir(logs, "apr-sft", job_id, 0) / "sft.log"
     wait_for(lambda: "loss=" in read(log_path), "training steps", job_id, slurm)
@@ -183,7 +183,7 @@ def test_train_sbatch_completes_with_tensorboard_and_checkpoint(slurm, sft_job, 
     # hung at shutdown waiting on trajectory sends nobody received; apr_ds/launch.py finish() drains them.)
     job_id = slurm.submit("train.sbatch", "--preset", "tiny", f"run_dir={run_dir}", f"rl.init_model={sft_run}/sft/apr/hf",
                           "rl.learner_ranks=1", "rl.rollout_ranks=1", f"rl.steps={steps}", "rl.prompts_per_step=2",
-                          "rl.group_size=2", "rl.save_every=1", "rl.micro_batch=2", "rollout.max_context=256",
+                          "rl.group_size=2", "rl.checkpoint.save_every=1", "rl.deepspeed.micro_batch=2", "rollout.max_context=256",
                           "rl.timeout_s=120", cwd=work, env={"APR_LOG_ROOT": str(work / "logs")}, sbatch_args=["--time=3"])
     job = slurm.wait(job_id)
     out = read(work / f"slurm-apr-rl-{job_id}.out")
