@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from apr_ds.learner.loss import LossSettings, advantages_for, group_advantages, grpo_loss, token_logprobs
-from apr_ds.learner.rl import build_shares
+from apr_ds.cluster.messages import TrajectoryGroup
+from apr_ds.learner.batch import build_shares
 
 
 def test_group_advantages_population_std():
@@ -21,12 +22,13 @@ def _group(rewards):
     header = SimpleNamespace(rewards=rewards)
     table = np.asarray([[3, 5, p] for p in range(len(rewards))])
     tokens = np.arange(5 * len(rewards))
-    return header, tokens, np.zeros(2 * len(rewards), np.float32), table
+    return TrajectoryGroup(header, tokens, np.zeros(2 * len(rewards), np.float32), table,
+                           np.zeros(2 * len(rewards), np.float32))
 
 
 def _first_advantages(shares) -> list[float]:
     """Each trained sequence's advantage on its first generated token (every token's, without a line penalty)."""
-    return [float(a[0]) for a in shares[0]["advantages"]]
+    return [float(s.advantages[0]) for s in shares[0].sequences]
 
 
 def test_reward_advantage_trains_only_on_solved_programs_and_keeps_an_all_solved_group():
@@ -35,16 +37,16 @@ def test_reward_advantage_trains_only_on_solved_programs_and_keeps_an_all_solved
     # GRPO drops a uniform group (without a KL term); A = R keeps an all-solved one, whose programs still teach.
     shares, counts = build_shares([_group([1, 1]), _group([0, 1])], 1, 0.0, "reward")
     assert _first_advantages(shares) == [1.0, 1.0, 1.0]  # the failed program adds nothing: left out ...
-    assert shares[0]["num_sequences"] == 4 and counts == {"sequences": 4, "trained_sequences": 3,
-                                                          "penalised_tokens": 0}  # ... yet counted
+    assert shares[0].num_sequences == 4 and vars(counts) == {"sequences": 4, "trained_sequences": 3,
+                                                             "penalised_tokens": 0}  # ... yet counted
     shares, counts = build_shares([_group([1, 1]), _group([0, 1])], 1, 0.001, "reward")  # a KL term: every one trains
-    assert _first_advantages(shares) == [1.0, 1.0, 0.0, 1.0] and counts["trained_sequences"] == 4
+    assert _first_advantages(shares) == [1.0, 1.0, 0.0, 1.0] and counts.trained_sequences == 4
     shares, counts = build_shares([_group([1, 1]), _group([0, 1])], 1, 0.0, "group_norm")
     assert _first_advantages(shares) == pytest.approx([-1.0, 1.0])
-    assert counts["sequences"] == 2 and counts["trained_sequences"] == 2  # the uniform group is out of the normaliser too
+    assert counts.sequences == 2 and counts.trained_sequences == 2  # the uniform group is out of the normaliser too
     # a shaped reward (the overlong penalty) can sit exactly on its group's mean: advantage 0, skipped, still counted
     shares, counts = build_shares([_group([1, 0, 0.5])], 1, 0.0, "group_norm")
-    assert len(shares[0]["advantages"]) == 2 and counts["sequences"] == 3 and counts["trained_sequences"] == 2
+    assert len(shares[0].sequences) == 2 and counts.sequences == 3 and counts.trained_sequences == 2
     with pytest.raises(ValueError, match="unknown advantage 'baseline'"):
         advantages_for([1, 0], "baseline")
 

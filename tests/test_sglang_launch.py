@@ -13,7 +13,7 @@ import torch
 from apr_ds.cluster.messages import Regroup, Setup
 from apr_ds.errors import UserError
 from apr_ds.rollout.client import ServerError
-from apr_ds.rollout.rank import RolloutRank, join_weight_group
+from apr_ds.weight_sync.receiver import WeightReceiver
 from apr_ds.rollout.server_proc import ServerProcess, serving_dtype, sglang_command, sglang_context_length
 from servers import SHIPPED_APR
 
@@ -73,10 +73,9 @@ class _RecordingClient:
 def test_a_server_joins_the_weight_group_with_the_learners_backend_and_its_rank_offset():
     """Setup and Regroup carry the learner's backend (nccl on GPUs) and each server's offset (1 + i * tp_size)."""
     client = _RecordingClient()
-    asyncio.run(join_weight_group(client, Setup("10.0.0.1", 29600, 5, 0, 0, rank_offset=3, backend="nccl")))
-    rank = RolloutRank.__new__(RolloutRank)  # only the regroup path: no MPI, no server
-    rank.client, rank.in_group = client, True
-    asyncio.run(rank.regroup(Regroup("10.0.0.1", 29700, 5, rank_offset=3, backend="nccl")))
+    receiver = WeightReceiver(client, world=None, rollout_index=1, admit=asyncio.Event())  # no MPI, no server
+    asyncio.run(receiver.join(Setup("10.0.0.1", 29600, 5, 0, 0, quota=4, rank_offset=3, backend="nccl")))
+    asyncio.run(receiver.regroup(Regroup("10.0.0.1", 29700, 5, rank_offset=3, backend="nccl")))
     joins = [kwargs for kind, _, kwargs in client.calls if kind == "init"]
     assert [(j["backend"], j["rank_offset"], j["world_size"]) for j in joins] == [("nccl", 3, 5), ("nccl", 3, 5)]
     assert [kind for kind, *_ in client.calls] == ["init", "destroy", "init"]

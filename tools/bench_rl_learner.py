@@ -4,7 +4,7 @@ program) against now (only the solved programs' sequences), side by side on one 
     python tools/bench_rl_learner.py --json runs/bench_rl_learner.json        # ~2 min on 2 cores
     python tools/bench_rl_learner.py --groups 32 --rounds 1                   # 32 x 8 a step, the shipped RL recipe's batch
 
-Both sides run apr_ds.learner.rl.train_step (proximal log-probs, then rl.ppo_epochs forward/backward/step) with
+Both sides run apr_ds.learner.grpo_step.train_step (proximal log-probs, then rl.ppo_epochs forward/backward/step) with
 the `cpu` preset's model, micro-batch and temperature on the same synthetic batch, one thread. The batch is
 shaped like the cpu task's rollouts (about 1,370 tokens per program): each program is a parent
 call, three child calls and the parent's continuation, solved with probability --solved (the cpu task's training
@@ -44,6 +44,7 @@ def parse_args(argv=None):
 
 def rollout_batch(args, vocab: int, seed: int = 0) -> list:
     rng = np.random.default_rng(seed)
+    from apr_ds.cluster.messages import TrajectoryGroup
     groups = []
     for _ in range(args.groups):
         rewards = (rng.random(args.group_size) < args.solved).astype(int).tolist()
@@ -54,8 +55,9 @@ def rollout_batch(args, vocab: int, seed: int = 0) -> list:
                 rows.append([prompt, prompt + generated, program])
                 tokens.append(rng.integers(3, vocab, prompt + generated))
                 behaviour.append(rng.uniform(-1.5, -0.01, generated).astype(np.float32))
-        groups.append((SimpleNamespace(rewards=rewards), np.concatenate(tokens).astype(np.int32),
-                       np.concatenate(behaviour), np.asarray(rows)))
+        behaviour = np.concatenate(behaviour)
+        groups.append(TrajectoryGroup(SimpleNamespace(rewards=rewards), np.concatenate(tokens).astype(np.int32),
+                                      behaviour, np.asarray(rows), np.zeros_like(behaviour)))
     return groups
 
 
@@ -67,19 +69,19 @@ def main(argv=None) -> int:
     from apr_ds.data.tokenizer import vocabulary
     from apr_ds.learner.engine import build_engine, init_distributed, load_ds_config
     from apr_ds.learner.loss import LossSettings
-    from apr_ds.learner.rl import as_sft_settings, build_shares, train_step
+    from apr_ds.learner.batch import build_shares
+    from apr_ds.learner.grpo_step import train_step
     from apr_ds.model import build_model, llama_config
 
-    cfg = load_config("cpu")
+    cfg = load_config("cpu", ["rl.advantage=reward", "rl.beta=0"])
     rl = cfg.rl
-    rl.advantage, rl.beta = "reward", 0.0
-    settings = as_sft_settings(rl, 1)
-    ds_config = load_ds_config(settings, 1)
+    ds_config = load_ds_config(rl.deepspeed, rl.optim, rl.deepspeed.micro_batch, 1, "rl")
     torch.set_num_threads(1)
     init_distributed()
     vocab = len(vocabulary())
-    engine = build_engine(build_model(llama_config("cpu", vocab, cfg.rollout.max_context), seed=0), settings, ds_config)
-    groups = [group for group in rollout_batch(args, vocab) if any(group[0].rewards)]
+    engine = build_engine(build_model(llama_config("cpu", vocab, cfg.rollout.max_context), seed=0), rl.optim,
+                          rl.steps * rl.ppo_epochs, ds_config)
+    groups = [group for group in rollout_batch(args, vocab) if any(group.header.rewards)]
     # build_shares at beta > 0 sends every sequence of these groups: the learner at beta 0 before it skipped
     before_share, before_counts = build_shares(groups, 1, 1.0, rl.advantage)
     skipped_share, skipped_counts = build_shares(groups, 1, 0.0, rl.advantage)
@@ -88,7 +90,7 @@ def main(argv=None) -> int:
 
     def step(share) -> float:
         started = time.perf_counter()
-        train_step(engine, None, share, loss_settings, rl, world_size=1, pad_id=0, bos_id=1)
+        train_step(engine, None, share, loss_settings, rl, pad_id=0, bos_id=1)
         return time.perf_counter() - started
 
     step(skipped_share[0])  # warm-up: allocator and DeepSpeed's first-step work
@@ -98,20 +100,20 @@ def main(argv=None) -> int:
             seconds[name].append(step(sides[name][0]))
             print(f"round {r + 1}: {name} {seconds[name][-1]:.1f} s", flush=True)
     best = {name: min(values) for name, values in seconds.items()}
-    tokens = {name: int(sum(len(t) for t in share["tokens"])) for name, (share, _) in sides.items()}
+    tokens = {name: int(sum(len(s.ids) for s in share.sequences)) for name, (share, _) in sides.items()}
     result = {
         "seconds_per_step": best, "speedup": best["before"] / best["skipped"],
-        "sequences": {name: counts for name, (_, counts) in sides.items()}, "tokens": tokens,
-        "solved_programs": int(sum(sum(h.rewards) for h, *_ in groups)), "programs": args.groups * args.group_size,
+        "sequences": {name: vars(counts) for name, (_, counts) in sides.items()}, "tokens": tokens,
+        "solved_programs": int(sum(sum(g.header.rewards) for g in groups)), "programs": args.groups * args.group_size,
         "groups_with_a_solved_program": len(groups),
-        "setup": {"model": "cpu preset", "ranks": "1 x 1 thread, ds_configs/zero3_cpu.json", "micro_batch": rl.micro_batch,
+        "setup": {"model": "cpu preset", "ranks": "1 x 1 thread, ds_configs/zero3_cpu.json", "micro_batch": rl.deepspeed.micro_batch,
                   "ppo_epochs": rl.ppo_epochs, "temperature": rl.temperature, "groups": args.groups,
                   "group_size": args.group_size, "solved": args.solved},
         "rounds": seconds,
     }
     print(f"\n{'side':<10}{'trained sequences':>19}{'of':>6}{'tokens':>10}{'s/step':>9}")
     for name, (_, counts) in sides.items():
-        print(f"{name:<10}{counts['trained_sequences']:>19}{counts['sequences']:>6}{tokens[name]:>10}{best[name]:>9.1f}")
+        print(f"{name:<10}{counts.trained_sequences:>19}{counts.sequences:>6}{tokens[name]:>10}{best[name]:>9.1f}")
     print(f"speedup {result['speedup']:.2f}x ({result['solved_programs']} of {result['programs']} programs solved, "
           f"{len(groups)} of {args.groups} groups with one)")
     if args.json:

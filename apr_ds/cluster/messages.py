@@ -5,8 +5,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import numpy as np
+
 # MPI tags
 GROUP_HEADER, GROUP_DATA, CONTROL, SHARE, SERVER_STATUS = 11, 12, 13, 14, 15
+
+WEIGHT_GROUP_NAME = "weight_update_group"
+"""The weight-update process group's name: SGLang's default, used by the learner, the client and our server."""
 
 
 @dataclass
@@ -19,6 +24,8 @@ class Setup:
     version: int
     first_group: int
     """Group counter this rollout rank resumes from (prompt order is a function of it)."""
+    quota: int
+    """This rollout rank's share of rl.prompts_per_step: groups it may start per weight version (admission)."""
     rank_offset: int
     """This rank's server joins the weight group as rank_offset + its tensor-parallel rank."""
     backend: str
@@ -102,15 +109,13 @@ class ProgramStats:
 
 @dataclass
 class GroupHeader:
-    """One finished group (G programs of one prompt). Its arrays follow on tag GROUP_DATA:
-    tokens (int32, every sequence's prompt + output ids, concatenated), behaviour log-probs (float32, every
-    sequence's output tokens, concatenated), and the sequence table (int64 [n, 3]: prompt length, total
-    length, program index in the group)."""
+    """One finished group (G programs of one prompt): the small part, pickled. Its arrays follow on tag
+    GROUP_DATA (`TrajectoryGroup`)."""
 
     rollout_index: int
     group_index: int
     version: int
-    """The oldest weight version any of its programs started with: its staleness is judged by this."""
+    """The weight version its programs started with: its staleness is judged by this."""
     rewards: list[float]
     programs: list[ProgramStats]
     num_sequences: int
@@ -124,3 +129,26 @@ class GroupHeader:
     array_sizes: list[int] = field(default_factory=list)
     requeued: bool = False
     """Run again after a server restart cancelled its first attempt (which was never shipped)."""
+
+
+@dataclass
+class TrajectoryGroup:
+    """A finished group as the learner receives it: the header and its arrays. Every generation call with output
+    is one training sequence (its prompt ids, masked, then its sampled ids)."""
+
+    header: GroupHeader
+    tokens: np.ndarray
+    """int32: every sequence's prompt + output ids, concatenated."""
+    logprobs: np.ndarray
+    """float32: every sequence's behaviour log-probs of its output ids, concatenated."""
+    sequences: np.ndarray
+    """int64 [n, 3]: per sequence (prompt length, total length, program index in the group)."""
+    line_marks: np.ndarray
+    """float32, aligned with `logprobs`: 1 where an output token lies in the wrong part of a checked trace line
+    (rollout/line_marks.py), else 0. All zeros when rl.line_penalty is off."""
+
+    ARRAY_DTYPES = (np.int32, np.float32, np.int64, np.float32)
+
+    def arrays(self) -> list[np.ndarray]:
+        return [np.ascontiguousarray(a, dtype) for a, dtype in
+                zip((self.tokens, self.logprobs, self.sequences, self.line_marks), self.ARRAY_DTYPES)]

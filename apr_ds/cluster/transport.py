@@ -12,7 +12,7 @@ import time
 
 import numpy as np
 
-from apr_ds.cluster.messages import GROUP_DATA, GROUP_HEADER, SHARE, GroupHeader
+from apr_ds.cluster.messages import GROUP_DATA, GROUP_HEADER, SHARE, TrajectoryGroup
 
 
 class PendingSends:
@@ -37,12 +37,10 @@ class PendingSends:
         self._requests, self._buffers = [], []
 
 
-def send_group(comm, dest: int, header: GroupHeader, tokens: np.ndarray, logprobs: np.ndarray, table: np.ndarray,
-               pending: PendingSends) -> None:
-    arrays = [np.ascontiguousarray(tokens, np.int32), np.ascontiguousarray(logprobs, np.float32),
-              np.ascontiguousarray(table, np.int64)]
-    header.array_sizes = [a.size for a in arrays]
-    requests = [comm.isend(header, dest=dest, tag=GROUP_HEADER)]
+def send_group(comm, dest: int, group: TrajectoryGroup, pending: PendingSends) -> None:
+    arrays = group.arrays()
+    group.header.array_sizes = [a.size for a in arrays]
+    requests = [comm.isend(group.header, dest=dest, tag=GROUP_HEADER)]
     requests += [comm.Isend(a, dest=dest, tag=GROUP_DATA) for a in arrays]
     pending.add(requests, arrays)
 
@@ -52,7 +50,7 @@ def group_waiting(comm) -> bool:
     return comm.Iprobe(source=MPI.ANY_SOURCE, tag=GROUP_HEADER)
 
 
-def recv_group(comm, timeout_s: float) -> tuple[GroupHeader, np.ndarray, np.ndarray, np.ndarray]:
+def recv_group(comm, timeout_s: float) -> TrajectoryGroup:
     """The next group from any rollout rank (polling, so a silent world ends in a clear error, not a hang)."""
     from mpi4py import MPI
     status = MPI.Status()
@@ -62,14 +60,14 @@ def recv_group(comm, timeout_s: float) -> tuple[GroupHeader, np.ndarray, np.ndar
             raise TimeoutError(f"no trajectories from any rollout rank for {timeout_s:.0f}s")
         time.sleep(0.002)
     source = status.Get_source()
-    header: GroupHeader = comm.recv(source=source, tag=GROUP_HEADER)
+    header = comm.recv(source=source, tag=GROUP_HEADER)
     arrays = []
-    for dtype, size in zip((np.int32, np.float32, np.int64), header.array_sizes):
+    for dtype, size in zip(TrajectoryGroup.ARRAY_DTYPES, header.array_sizes, strict=True):
         buffer = np.empty(size, dtype)
         comm.Recv(buffer, source=source, tag=GROUP_DATA)
         arrays.append(buffer)
-    tokens, logprobs, table = arrays
-    return header, tokens, logprobs, table.reshape(-1, 3)
+    tokens, logprobs, sequences, line_marks = arrays
+    return TrajectoryGroup(header, tokens, logprobs, sequences.reshape(-1, 3), line_marks)
 
 
 def balance(lengths: list[int], parts: int) -> list[list[int]]:
@@ -83,8 +81,8 @@ def balance(lengths: list[int], parts: int) -> list[list[int]]:
     return shares
 
 
-def scatter_shares(comm, shares: list[dict] | None) -> dict:
-    """Learner rank 0 sends each learner its share (dicts of numpy arrays); returns this rank's own."""
+def scatter_shares(comm, shares: list | None):
+    """Learner rank 0 sends each learner its share (small dataclasses of numpy arrays); returns this rank's own."""
     if comm.Get_rank() == 0:
         requests = [comm.isend(shares[r], dest=r, tag=SHARE) for r in range(1, comm.Get_size())]
         from mpi4py import MPI

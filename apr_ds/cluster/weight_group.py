@@ -29,9 +29,9 @@ import math
 import torch
 import torch.distributed as dist
 
+from apr_ds.cluster.messages import WEIGHT_GROUP_NAME
 from apr_ds.errors import UserError
 
-DEFAULT_GROUP_NAME = "weight_update_group"
 DEFAULT_TIMEOUT_S = 300.0
 
 
@@ -40,7 +40,7 @@ def default_backend() -> str:
 
 
 def init_weight_group(master_address: str, master_port: int, rank: int, world_size: int,
-                      group_name: str = DEFAULT_GROUP_NAME, backend: str | None = None,
+                      group_name: str = WEIGHT_GROUP_NAME, backend: str | None = None,
                       timeout_s: float = DEFAULT_TIMEOUT_S) -> dist.ProcessGroup:
     """Join (rank 0: create) the group. Blocks until all `world_size` ranks have joined."""
     from torch.distributed.distributed_c10d import Backend, PrefixStore, _new_process_group_helper, _world, rendezvous

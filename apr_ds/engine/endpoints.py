@@ -19,12 +19,12 @@ import time
 
 from aiohttp import web
 
+from apr_ds.cluster.messages import WEIGHT_GROUP_NAME
 from apr_ds.engine import protocol
 from apr_ds.engine.protocol import BadRequest, check_fields
 from apr_ds.engine.streaming import Run, stream_generate
 
 log = logging.getLogger("apr_ds.serve")
-DEFAULT_GROUP = "weight_update_group"
 HEALTH_GENERATE_TIMEOUT_S = 20.0  # SGLang's HEALTH_CHECK_TIMEOUT (http_server.py)
 FLUSHED = ("Cache flushed.\nPlease check backend logs for more details. (When there are running or waiting requests, "
            "the operation will not be performed.)\n")
@@ -235,7 +235,7 @@ class Handlers:
             raise BadRequest("backend nccl needs GPUs; this CPU server joins weight groups with backend gloo")
         try:
             args = (str(body["master_address"]), int(body["master_port"]), int(body["rank_offset"]),
-                    int(body["world_size"]), str(body.get("group_name", DEFAULT_GROUP)), backend)
+                    int(body["world_size"]), str(body.get("group_name", WEIGHT_GROUP_NAME)), backend)
         except (KeyError, TypeError, ValueError) as e:
             raise BadRequest(f"init_weights_update_group needs master_address, master_port, rank_offset, world_size: {e}")
         return await self.weight_call(self.engine.weights.init_group, *args)
@@ -256,7 +256,7 @@ class Handlers:
         if not all(isinstance(s, list) and all(type(d) is int and d >= 0 for d in s) for s in shapes):
             raise BadRequest("shapes must be lists of non-negative integers")
         version = body.get("weight_version")
-        group = str(body.get("group_name", DEFAULT_GROUP))
+        group = str(body.get("group_name", WEIGHT_GROUP_NAME))
 
         def update():
             if body.get("abort_all_requests"):
@@ -286,7 +286,7 @@ class Handlers:
 
     async def destroy_weights_update_group(self, request: web.Request) -> web.Response:
         body = await read_body(request, {"group_name"})
-        return await self.weight_call(self.engine.weights.destroy_group, str(body.get("group_name", DEFAULT_GROUP)))
+        return await self.weight_call(self.engine.weights.destroy_group, str(body.get("group_name", WEIGHT_GROUP_NAME)))
 
     async def get_weights_by_name(self, request: web.Request) -> web.Response:
         body = await read_body(request, {"name", "truncate_size"})

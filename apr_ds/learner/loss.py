@@ -6,15 +6,15 @@ every thread of program r (parent calls and children alike) is a training sequen
 one scalar outcome credits every thread, which is how parent and children are trained end to end.
 (`rl.advantage=reward` uses A_r = R_r instead: REINFORCE without a baseline.)
 
-A token's advantage A_t is its program's A_r, less rl.line_penalty on the wrong part of a wrong line
-(line_penalty.py; 0 by default: the outcome alone, as APR). Per sequence s, over its generated tokens t only
+A token's advantage A_t is its program's A_r, less rl.line_penalty on the output tokens the rollout rank marked
+as the wrong part of a checked trace line (batch.py, rollout/line_marks.py; 0 by default: the outcome alone, as APR). Per sequence s, over its generated tokens t only
 (prompt tokens, including inserted join text, are masked):
     w_t     = min(exp(logp_prox - logp_behav), is_cap)        truncated importance weight (behaviour -> proximal)
     ratio_t = exp(logp - logp_prox)
     pg_t    = -w_t * min(ratio_t * A_t, clip(ratio_t, 1 - eps, 1 + eps) * A_t)
     kl_t    = min(exp(d) - d - 1, 10), d = clamp(ref - logp, ±20)   k3 estimator against the frozen SFT reference,
               capped per token as verl's low_var_kl: one token the policy has all but ruled out (ref/pi = e^15)
-              otherwise outweighs the whole batch (cpu run, docs/results.md: KL 27 and grad norm 15 in one step)
+              otherwise outweighs the whole batch
 where logp is the current policy (with gradient), logp_prox the learner's policy when this optimizer step
 began (no gradient; recomputed by the learner), all three learner log-probs at the rollout temperature
 (token_logprobs), and logp_behav the log-probs the inference server returned
@@ -27,7 +27,7 @@ divided by the total number of sequences in the batch:
     loss = ( sum_s mean_t(pg) / n_seq(program of s) + beta * sum_s mean_t(kl) ) / N_sequences
 With `token_sum_norm` = L > 0 (Dr. GRPO, Liu et al. 2025), mean_t(pg) becomes sum_t(pg) / L: under the token
 mean, a failed thread's per-token penalty shrinks as it grows, which lengthens failures until the context
-cuts them off (cpu run, docs/results.md); a constant L weighs every generated token the same.
+cuts them off; a constant L weighs every generated token the same.
 """
 
 from __future__ import annotations

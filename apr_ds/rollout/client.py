@@ -15,8 +15,8 @@ learner will not send again. SGLang 0.5.23 takes updates only inside a session (
 protocol a server speaks from its first answer (404: none) and remembers it. `flush_cache` polls instead, because SGLang answers 400 until no
 request is running.
 
-The learner-side half of a weight update is at the bottom: `connect_weight_group` creates the
-group as rank 0 while every server joins, and `push_weights` runs pause -> buckets -> flush -> continue.
+The weight-update protocol that drives these calls is apr_ds/weight_sync/receiver.py; this module holds only
+the HTTP calls.
 """
 
 from __future__ import annotations
@@ -30,25 +30,10 @@ from typing import Any, Callable
 
 import aiohttp
 
-DEFAULT_GROUP = "weight_update_group"
+from apr_ds.cluster.messages import WEIGHT_GROUP_NAME
+from apr_ds.errors import ServerError
 
-
-class ServerError(Exception):
-    """The server answered with an error status (or could not be reached after all retries)."""
-
-    def __init__(self, status: int | None, message: str):
-        super().__init__(f"HTTP {status}: {message}" if status else message)
-        self.status, self.message = status, message
-
-    @property
-    def is_length_refusal(self) -> bool:
-        """The request did not fit the server's context: SGLang's three refusals (tokenizer_manager.py
-        `_validate_one_request`, managers/utils.py `validate_input_length`), which our server gives too."""
-        return self.status == 400 and any(phrase in self.message for phrase in _LENGTH_REFUSALS)
-
-
-_LENGTH_REFUSALS = ("is longer than the model's context length", "exceeds the model's maximum context length",
-                    "exceeds the maximum allowed length")
+__all__ = ["RolloutClient", "Generation", "ServerError", "wait_until_healthy"]
 
 
 @dataclass
@@ -149,12 +134,18 @@ class RolloutClient:
         except ServerError:
             return False
 
-    async def wait_until_healthy(self, timeout_s: float = 120.0, poll_s: float = 0.2) -> None:
+    async def wait_until_healthy(self, timeout_s: float = 120.0, poll_s: float = 0.2,
+                                 alive: Callable[[], bool] | None = None) -> bool:
+        """Poll /health until it answers 200 (True), or until `alive()` says the server process is gone (False).
+        Past `timeout_s`, ServerError."""
         deadline = time.monotonic() + timeout_s
         while not await self.health():
+            if alive is not None and not alive():
+                return False
             if time.monotonic() > deadline:
                 raise ServerError(None, f"{self.base_url} not healthy after {timeout_s:.0f} s")
             await asyncio.sleep(poll_s)
+        return True
 
     async def health_generate(self) -> Any:
         return await self.request("GET", "/health_generate")
@@ -188,7 +179,7 @@ class RolloutClient:
     # ------------------------------------------------------------------ weights
 
     async def init_weights_update_group(self, master_address: str, master_port: int, rank_offset: int,
-                                        world_size: int, backend: str, group_name: str = DEFAULT_GROUP) -> dict:
+                                        world_size: int, backend: str, group_name: str = WEIGHT_GROUP_NAME) -> dict:
         """Join the weight group. `backend` has no default: it must be the one the learner's side uses."""
         return await self.request("POST", "/init_weights_update_group", {
             "master_address": master_address, "master_port": master_port, "rank_offset": rank_offset,
@@ -214,7 +205,7 @@ class RolloutClient:
                 await self.request("POST", "/end_weight_update", {}, retries=0)
 
     async def update_weights_from_distributed(self, names: list[str], dtypes: list[str], shapes: list[list[int]],
-                                              weight_version: str | None = None, group_name: str = DEFAULT_GROUP,
+                                              weight_version: str | None = None, group_name: str = WEIGHT_GROUP_NAME,
                                               flush_cache: bool = False) -> dict:
         body = {"names": names, "dtypes": dtypes, "shapes": shapes, "group_name": group_name,
                 "flush_cache": flush_cache}
@@ -228,7 +219,7 @@ class RolloutClient:
             body["weight_version"] = str(weight_version)
         return await self.request("POST", "/update_weights_from_disk", body, retries=0)
 
-    async def destroy_weights_update_group(self, group_name: str = DEFAULT_GROUP) -> dict:
+    async def destroy_weights_update_group(self, group_name: str = WEIGHT_GROUP_NAME) -> dict:
         return await self.request("POST", "/destroy_weights_update_group", {"group_name": group_name})
 
     async def get_weights_by_name(self, name: str, truncate_size: int = 100) -> list:
@@ -252,58 +243,9 @@ def _message(payload: Any) -> str:
     return str(payload)
 
 
-# ---------------------------------------------------------------------------- learner side of weight updates
-
-
-async def connect_weight_group(clients: list[RolloutClient], master_address: str, master_port: int,
-                               group_name: str = DEFAULT_GROUP, backend: str | None = None,
-                               ranks_per_server: list[int] | None = None, timeout_s: float = 300.0):
-    """Create the weight group as rank 0 while every server joins at its rank offset (all at once:
-    each side blocks in the rendezvous until the others arrive). Returns the learner's group."""
-    from apr_ds.cluster import weight_group
-
-    backend = backend or weight_group.default_backend()
-    ranks_per_server = ranks_per_server or [1] * len(clients)  # an SGLang server joins with its TP size
-    world_size = 1 + sum(ranks_per_server)
-    offsets = [1 + sum(ranks_per_server[:i]) for i in range(len(clients))]
-    joins = [c.init_weights_update_group(master_address, master_port, offset, world_size, backend, group_name)
-             for c, offset in zip(clients, offsets)]
-    group, *_ = await asyncio.gather(
-        asyncio.to_thread(weight_group.init_weight_group, master_address, master_port, 0, world_size, group_name,
-                          backend, timeout_s), *joins)
-    return group
-
-
-async def update_weights(clients: list[RolloutClient], bucket_metadata: list[dict], weight_version: str,
-                         send_bucket: Callable[[int], None] | None = None, group_name: str = DEFAULT_GROUP,
-                         pause_mode: str = "abort") -> None:
-    """pause -> one /update_weights_from_distributed per bucket -> flush -> continue, on every server.
-
-    `bucket_metadata[i]` holds bucket i's names/dtypes/shapes (`weight_group.bucket_metadata`).
-    `send_bucket(i)` runs in a thread beside bucket i's POSTs: the broadcast, when this process is
-    the sender; None when another process broadcasts (learner rank 0 while a rollout rank drives HTTP).
-    Generation continues even if the update fails; the failure is raised after."""
-    await asyncio.gather(*(c.pause_generation(pause_mode) for c in clients))
-    try:
-        async with contextlib.AsyncExitStack() as sessions:
-            for c in clients:
-                await sessions.enter_async_context(c.weight_update_session())
-            for i, meta in enumerate(bucket_metadata):
-                posts = [c.update_weights_from_distributed(**meta, weight_version=weight_version, group_name=group_name)
-                         for c in clients]
-                sends = [asyncio.to_thread(send_bucket, i)] if send_bucket is not None else []
-                await asyncio.gather(*sends, *posts)
-        await asyncio.gather(*(c.flush_cache() for c in clients))
-    finally:
-        await asyncio.gather(*(c.continue_generation() for c in clients))
-
-
-async def push_weights(clients: list[RolloutClient], group, buckets: list[list[tuple[str, Any]]], weight_version: str,
-                       group_name: str = DEFAULT_GROUP, pause_mode: str = "abort") -> None:
-    """Learner rank 0 driving the servers itself: send `buckets` of (name, tensor) through `group`."""
-    from apr_ds.cluster import weight_group
-
-    def send_bucket(i: int) -> None:
-        weight_group.broadcast_tensors(group, [tensor for _, tensor in buckets[i]])
-    await update_weights(clients, [weight_group.bucket_metadata(b) for b in buckets], weight_version, send_bucket,
-                         group_name, pause_mode)
+def wait_until_healthy(url: str, timeout_s: float, alive: Callable[[], bool] | None = None) -> bool:
+    """`RolloutClient.wait_until_healthy` for code outside an event loop (starting a server process)."""
+    async def poll() -> bool:
+        async with RolloutClient(url) as client:
+            return await client.wait_until_healthy(timeout_s, alive=alive)
+    return asyncio.run(poll())

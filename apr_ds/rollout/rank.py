@@ -1,27 +1,24 @@
 """The rollout-rank loop of `apr-ds rl`: run spawn/join programs on this rank's server, ship finished groups
-to the learners over MPI, and apply each new weight version to the server.
+to the learners over MPI, and apply each new weight version to the server (apr_ds/weight_sync/receiver.py).
 
 Admission control (AReaL-style): with weights at version v, this rank may have started at most
-(v + eta + 1) x quota groups in all, quota being its share of rl.prompts_per_step. So rollouts run at most
-eta versions ahead of the learner and never pile up; eta = 0 is synchronous on the same code path.
+(v + eta + 1) x quota groups in all, quota being its share of rl.prompts_per_step (sent in Setup). So rollouts
+run at most eta versions ahead of the learner and never pile up; eta = 0 is synchronous on the same code path.
 
-A weight version arrives as a `WeightUpdate` over MPI; the rank then drives its server:
-pause (abort) -> Ready to learner rank 0 -> Go -> /update_weights_from_distributed per bucket, while learner
-rank 0 broadcasts -> /flush_cache -> /continue_generation. Pause mode abort, as slime uses it: every running
-request is answered with what it has so far and its program goes on from there (a partial rollout) once the
-update is done, with the new weights; until then the rank sends no request, so the server is idle and
-/flush_cache succeeds on SGLang too (SGLang refuses to flush while requests wait, retracted ones included).
-Each token keeps the behaviour log-prob of the weights that sampled it. No DeepSpeed here.
+What the learner needs from the text is computed here, where the text is made: the reward, and with
+rl.line_penalty the marks of output tokens in wrong trace lines (line_marks.py). The learner never decodes.
 
 A server this rank started and that dies is restarted in place (`recover`): ServerDown to learner rank 0,
 the running groups are cancelled (they were never shipped) and queued to run again under the same index,
 the server starts again, ServerBack; learner rank 0 then rebuilds the weight group (Regroup) and sends the
 current version, and only then does this rank generate again. Nothing is lost and nothing counted twice.
+No DeepSpeed here.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import socket
 import time
@@ -29,12 +26,11 @@ from pathlib import Path
 
 import numpy as np
 
-from apr_ds.cluster.messages import (CONTROL, SERVER_STATUS, Go, GroupHeader, ProgramStats, Ready, Regroup, ServerBack,
-                                  ServerDown, Setup, Stop, WeightUpdate)
+from apr_ds.cluster.messages import CONTROL, GroupHeader, ProgramStats, Regroup, Setup, Stop, TrajectoryGroup, WeightUpdate
 from apr_ds.cluster.transport import PendingSends, send_group
-from apr_ds.errors import UserError
-from apr_ds.rollout.client import ServerError
+from apr_ds.errors import ServerError, UserError
 from apr_ds.log import get_logger
+from apr_ds.weight_sync.receiver import WeightReceiver
 
 log = get_logger(__name__)
 
@@ -62,7 +58,7 @@ def start_server(cfg, roles, model_dir: str, log_dir: Path):
     if rl.server == "sglang":
         server = ServerProcess.start_sglang(model_dir, cfg.rollout.max_context,
                                             python=resolve_sglang_python(rl.sglang_python),
-                                            dtype=serving_dtype(rl.precision), device=sglang_device(),
+                                            dtype=serving_dtype(rl.deepspeed.precision), device=sglang_device(),
                                             devices=server_devices(cfg, roles), log_path=log_path,
                                             extra_args=rl.server_args, threads=rl.server_threads)
     else:
@@ -81,8 +77,15 @@ class OwnedServer:
         self.process, self.url = start_server(*self._args)
 
     def wait_healthy(self) -> None:
+        from apr_ds.rollout.client import wait_until_healthy
+        timeout_s = self._args[0].rl.server_start_timeout_s
         if self.process is not None:
-            self.process.wait_healthy(self._args[0].rl.server_start_timeout_s)
+            self.process.wait_healthy(timeout_s)
+            return
+        try:
+            wait_until_healthy(self.url, timeout_s)
+        except ServerError as e:
+            raise UserError(f"the server {self.url} (rl.server_urls) did not answer /health: {e}") from None
 
     def dead(self) -> bool:
         return self.process is not None and self.process.proc.poll() is not None
@@ -103,18 +106,23 @@ class OwnedServer:
             self.process.stop()
 
 
-def group_arrays(trajectories) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def trajectory_group(header: GroupHeader, trajectories, line_marks=None) -> TrajectoryGroup:
     """Every generation call with output becomes one training sequence: prompt ids (masked) + sampled ids."""
-    tokens, logprobs, table = [], [], []
+    tokens, logprobs, sequences, marks = [], [], [], []
     for program, trajectory in enumerate(trajectories):
         for thread in trajectory.threads:
             for segment in thread.segments:
                 if not segment.output_ids:
                     continue
-                tokens += segment.prompt_ids + segment.output_ids
+                ids = segment.prompt_ids + segment.output_ids
+                tokens += ids
                 logprobs += segment.logprobs
-                table.append((len(segment.prompt_ids), segment.context_len, program))
-    return np.asarray(tokens, np.int32), np.asarray(logprobs, np.float32), np.asarray(table, np.int64).reshape(-1, 3)
+                sequences.append((len(segment.prompt_ids), segment.context_len, program))
+                marks.append(line_marks(ids, len(segment.prompt_ids)) if line_marks is not None
+                             else np.zeros(len(segment.output_ids), np.float32))
+    return TrajectoryGroup(header, np.asarray(tokens, np.int32), np.asarray(logprobs, np.float32),
+                           np.asarray(sequences, np.int64).reshape(-1, 3),
+                           np.concatenate(marks).astype(np.float32) if marks else np.zeros(0, np.float32))
 
 
 def program_stats(trajectory) -> ProgramStats:
@@ -135,24 +143,23 @@ def program_reward(trajectory, rl, max_context: int) -> float:
 
 class RolloutRank:
     def __init__(self, cfg, roles, client, tokenizer, task, problems, setup: Setup, restart_server=None):
+        from apr_ds.rollout.line_marks import LineMarks
         from apr_ds.rollout.runtime import ProgramRunner
-        rollout = cfg.rollout
-        rollout.temperature = cfg.rl.temperature
-        self.cfg, self.roles, self.client, self.task, self.problems = cfg, roles, client, task, problems
+        self.cfg, self.roles, self.client, self.problems = cfg, roles, client, problems
         self.admit = asyncio.Event()  # cleared while the server's weights change: no request is sent then
         self.admit.set()
+        rollout = dataclasses.replace(cfg.rollout, temperature=cfg.rl.temperature)
         self.runner = ProgramRunner(client, tokenizer, task, rollout, self.admit)
+        self.line_marks = LineMarks(tokenizer, task) if cfg.rl.line_penalty else None
+        self.weights = WeightReceiver(client, roles.world, roles.rollout_index, self.admit)
         self.version = setup.version
         self.index, self.num_ranks = roles.rollout_index, roles.num_rollouts
-        base, extra = divmod(cfg.rl.prompts_per_step, self.num_ranks)
-        self.quota = base + (self.index < extra)
-        self.groups_started = setup.first_group
+        self.quota, self.groups_started = setup.quota, setup.first_group
         self.gate = asyncio.Semaphore(cfg.rl.programs_in_flight)
         self.pending = PendingSends()
         self.tasks: dict[asyncio.Task, int] = {}  # running group -> its group index
         self.busy_s = self.idle_s = 0.0
         self.stopping = False
-        self.weight_probe = None
         # Fault handling (see the module docstring): `restart_server` is the OwnedServer, None in unit use.
         self.restart_server = restart_server
         self.restarts = 0
@@ -161,7 +168,6 @@ class RolloutRank:
         # False while the server's weights are not the current version: after a restart, and on a resumed run
         # from the start (a server starts from the SFT weights, version 0), until the learner's first WeightUpdate
         self.synced = setup.version == 0
-        self.in_group = True
 
     def admitted(self) -> bool:
         return self.groups_started < (self.version + self.cfg.rl.max_staleness + 1) * self.quota
@@ -187,53 +193,17 @@ class RolloutRank:
         return group_index, version, trajectories
 
     def ship(self, group_index: int, version: int, trajectories, requeued: bool) -> None:
-        tokens, logprobs, table = group_arrays(trajectories)
         rewards = [program_reward(t, self.cfg.rl, self.cfg.rollout.max_context) for t in trajectories]
-        header = GroupHeader(self.index, group_index, version, rewards,
-                             [program_stats(t) for t in trajectories], len(table), int(tokens.size), int(logprobs.size),
-                             self.busy_s, self.idle_s, self.weight_probe, requeued=requeued)
-        self.weight_probe = None
-        send_group(self.roles.world, 0, header, tokens, logprobs, table, self.pending)
+        header = GroupHeader(self.index, group_index, version, rewards, [program_stats(t) for t in trajectories],
+                             0, 0, 0, self.busy_s, self.idle_s, self.weights.take_probe(), requeued=requeued)
+        group = trajectory_group(header, trajectories, self.line_marks)
+        header.num_sequences, header.num_tokens, header.num_output_tokens = (len(group.sequences), int(group.tokens.size),
+                                                                             int(group.logprobs.size))
+        send_group(self.roles.world, 0, group, self.pending)
 
     async def apply(self, update: WeightUpdate) -> None:
-        """pause -> Ready -> (Go) buckets -> flush -> continue. Without Go (another server is not ready) the
-        server just resumes; learner rank 0 retries once every server is back in the group."""
-        ready = self.in_group and not self.server_died()
-        self.admit.clear()
-        if ready:
-            try:
-                await self.client.pause_generation("abort")
-            except ServerError:
-                ready = False
-        self.roles.world.send(Ready(self.index, ready), dest=0, tag=SERVER_STATUS)
-        go: Go = self.roles.world.recv(source=0, tag=CONTROL)
-        try:
-            if ready and go.proceed:
-                await self.receive(update)
-            if ready:
-                await self.client.continue_generation()
-            if ready and go.proceed:  # read back what the server now holds; learner rank 0 checks it against what it sent
-                self.weight_probe = (update.version, {name: await self.client.get_weights_by_name(name, truncate_size=2)
-                                                      for name in update.probes})
-        except ServerError as e:
-            if e.status is not None or not await self.server_gone():
-                raise
-            # it died once the broadcast was over (SGLang's session, flush and resume take a while): recover() at
-            # the top of the loop restarts it, and the learners regroup and send it the current version again
-            log.warning(f"rollout rank {self.index}: the server died while applying version {update.version}")
-            return
-        finally:
-            self.admit.set()
-        if ready and go.proceed:
+        if await self.weights.apply(update, not self.server_died(), self.server_gone):
             self.version, self.synced = update.version, True
-
-    async def receive(self, update: WeightUpdate) -> None:
-        """The buckets, inside SGLang's weight-update session where the server has one, then a flush."""
-        async with self.client.weight_update_session():
-            for bucket in update.buckets:
-                await self.client.update_weights_from_distributed(bucket["names"], bucket["dtypes"], bucket["shapes"],
-                                                                  weight_version=str(update.version))
-        await self.client.flush_cache()
 
     def server_died(self) -> bool:
         return self.restart_server is not None and self.restart_server.dead()
@@ -248,14 +218,6 @@ class RolloutRank:
             await asyncio.sleep(0.1)
         return True
 
-    async def regroup(self, message: Regroup) -> None:
-        if self.in_group:
-            await self.client.destroy_weights_update_group()
-        await self.client.init_weights_update_group(message.master_address, message.master_port,
-                                                    rank_offset=message.rank_offset,
-                                                    world_size=message.group_world_size, backend=message.backend)
-        self.in_group = True
-
     async def recover(self) -> bool:
         """If this rank's server died: tell learner rank 0, cancel the groups it was running (to be run again),
         restart it, and wait for the learners to regroup and re-sync it. True if a restart happened."""
@@ -268,7 +230,7 @@ class RolloutRank:
         self.restarts += 1
         log.warning(f"rollout rank {self.index}: the inference server died ({reason}); restarting it "
                     f"(restart {self.restarts} of at most {self.cfg.rl.max_server_restarts})")
-        self.roles.world.send(ServerDown(self.index, reason), dest=0, tag=SERVER_STATUS)
+        self.weights.server_down(reason)
         for task in self.tasks:
             task.cancel()
         await asyncio.gather(*self.tasks, return_exceptions=True)
@@ -276,8 +238,8 @@ class RolloutRank:
         self.rerun.update(self.tasks.values())
         self.tasks.clear()
         self.client.base_url = await asyncio.to_thread(self.restart_server.restart)
-        self.synced = self.in_group = False
-        self.roles.world.send(ServerBack(self.index), dest=0, tag=SERVER_STATUS)
+        self.synced = False
+        self.weights.server_back()
         return True
 
     def next_control(self):
@@ -286,6 +248,20 @@ class RolloutRank:
             return world.recv(source=0, tag=CONTROL)
         return None
 
+    async def ship_finished(self) -> bool:
+        """Ship every finished group. False if one failed because the server is gone (recover() handles it)."""
+        for task in [t for t in self.tasks if t.done()]:
+            try:
+                result = task.result()
+            except ServerError as e:  # programs absorb bad output; only a server that is gone gets here
+                if await self.server_gone():
+                    return False  # recover() at the top of the next pass re-queues this group with the others
+                raise UserError(f"the inference server {self.client.base_url} stopped answering ({e}); "
+                                f"see its log next to the run's TensorBoard folder") from None
+            group_index = self.tasks.pop(task)
+            self.ship(*result, requeued=group_index in self.rerun)
+        return True
+
     async def loop(self) -> None:
         last = time.monotonic()
         while not self.stopping:
@@ -293,21 +269,12 @@ class RolloutRank:
             self.start_groups()
             message = self.next_control()
             if isinstance(message, Regroup):
-                await self.regroup(message)
+                await self.weights.regroup(message)
             elif isinstance(message, WeightUpdate):
                 await self.apply(message)
             elif isinstance(message, Stop):
                 self.stopping = True
-            for task in [t for t in self.tasks if t.done()]:
-                try:
-                    result = task.result()
-                except ServerError as e:  # programs absorb bad output; only a server that is gone gets here
-                    if await self.server_gone():
-                        break  # recover() at the top of the next pass re-queues this group with the others
-                    raise UserError(f"the inference server {self.client.base_url} stopped answering ({e}); "
-                                    f"see its log next to the run's TensorBoard folder") from None
-                group_index = self.tasks.pop(task)
-                self.ship(*result, requeued=group_index in self.rerun)
+            await self.ship_finished()
             self.pending.poll()
             now = time.monotonic()
             if self.tasks:
@@ -322,21 +289,15 @@ class RolloutRank:
         self.pending.wait()
 
 
-async def join_weight_group(client, setup: Setup) -> None:
-    await client.init_weights_update_group(setup.master_address, setup.master_port, rank_offset=setup.rank_offset,
-                                           world_size=setup.group_world_size, backend=setup.backend)
-
-
 def run_rollout(cfg, roles, model_dir: str, out_dir: Path) -> None:
     """Entry of a rollout rank: start the server, wait for the learners' Setup, run until Stop."""
     from transformers import AutoTokenizer
 
-    from apr_ds.eval.run import load_problems
     from apr_ds.rollout.client import RolloutClient
     from apr_ds.tasks import get_task
 
-    cfg.eval.split, cfg.eval.num_problems = "train", 0
-    problems = load_problems(cfg)
+    task = get_task(cfg)
+    problems = task.load_problems(cfg.run_dir, "train")
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     server = OwnedServer(cfg, roles, model_dir, out_dir)
     try:
@@ -347,11 +308,10 @@ def run_rollout(cfg, roles, model_dir: str, out_dir: Path) -> None:
 
         async def main():
             async with RolloutClient(server.url, timeout_s=cfg.rl.timeout_s) as client:
-                await client.wait_until_healthy(timeout_s=120)
-                await join_weight_group(client, setup)
-                rank = RolloutRank(cfg, roles, client, tokenizer, get_task(cfg), problems, setup, restart_server=server)
+                rank = RolloutRank(cfg, roles, client, tokenizer, task, problems, setup, restart_server=server)
+                await rank.weights.join(setup)
                 await rank.loop()
-                await client.destroy_weights_update_group()
+                await rank.weights.leave()
         asyncio.run(main())
     finally:
         server.stop()

@@ -16,12 +16,10 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 from apr_ds.cluster.ports import free_port
-from apr_ds.errors import UserError
+from apr_ds.errors import ServerError, UserError
 
 
 def _killpg(pgid: int, sig: int) -> None:
@@ -76,7 +74,7 @@ def sglang_context_length(max_context: int) -> int:
 
 
 def serving_dtype(precision: str) -> str:
-    """SGLang's --dtype for a learner training in `precision` (rl.precision): the dtype it broadcasts, so behaviour
+    """SGLang's --dtype for a learner training in `precision` (rl.deepspeed.precision): the dtype it broadcasts, so behaviour
     log-probs come from the precision being trained and the read-back probe compares like with like."""
     return {"fp32": "float32", "bf16": "bfloat16"}[precision]
 
@@ -164,22 +162,17 @@ class ServerProcess:
         return cls(command, f"http://{host}:{port}", log_path, env)
 
     def wait_healthy(self, timeout_s: float = 600.0) -> "ServerProcess":
-        deadline = time.time() + timeout_s
-        while time.time() < deadline:
-            if self.proc.poll() is not None:
-                raise UserError(f"the inference server exited with code {self.proc.returncode} before it was healthy"
-                                + (f"; {self.log_path} ends with:\n{self.log_tail()}" if self.log_path else ""))
-            try:
-                with urllib.request.urlopen(self.url + "/health", timeout=2) as response:
-                    if response.status == 200:
-                        return self
-            except (urllib.error.URLError, OSError):
-                pass
-            time.sleep(0.2)
-        self.stop()
-        raise UserError(f"the inference server at {self.url} was not healthy after {timeout_s:.0f}s "
-                        f"(rl.server_start_timeout_s)" + (f"; {self.log_path} ends with:\n{self.log_tail()}"
-                                                          if self.log_path else ""))
+        from apr_ds.rollout.client import wait_until_healthy
+        log = f"; {self.log_path} ends with:\n" if self.log_path else ""
+        try:
+            if wait_until_healthy(self.url, timeout_s, alive=lambda: self.proc.poll() is None):
+                return self
+        except ServerError:
+            self.stop()
+            raise UserError(f"the inference server at {self.url} was not healthy after {timeout_s:.0f}s "
+                            f"(rl.server_start_timeout_s){log and log + self.log_tail()}") from None
+        raise UserError(f"the inference server exited with code {self.proc.returncode} before it was healthy"
+                        f"{log and log + self.log_tail()}")
 
     def log_tail(self, lines: int = 5) -> str:
         try:

@@ -1,5 +1,5 @@
 """Weights as RL moves them, on both servers: this process is learner rank 0 of a gloo weight group, pushes a
-bucket of changed tensors the way push_weights does (pause -> session -> update -> flush -> continue), reads
+bucket of changed tensors the way a rollout rank does (tests/weight_push.py) (pause -> session -> update -> flush -> continue), reads
 them back, and sends the originals back so the server ends as it began. /get_weights_by_name's shapes are
 checked against the checkpoint itself."""
 
@@ -11,7 +11,8 @@ import torch
 
 from apr_ds.cluster.ports import free_port
 from apr_ds.cluster.weight_group import destroy_weight_group
-from apr_ds.rollout.client import RolloutClient, ServerError, connect_weight_group, push_weights
+from apr_ds.rollout.client import RolloutClient, ServerError
+import weight_push
 from servers import SHIPPED_APR
 
 NORM = "model.norm.weight"  # 1-D, [192]
@@ -54,14 +55,14 @@ def test_a_pushed_bucket_is_served_read_back_and_versioned_then_undone(server, h
 
     async def main():
         async with RolloutClient(server.url, max_retries=0) as client:
-            group = await connect_weight_group([client], "127.0.0.1", free_port(), backend="gloo", timeout_s=120)
+            group = await weight_push.connect(client)
             try:
-                await push_weights([client], group, [changed], weight_version="v1")
+                await weight_push.push(client, group, [changed], weight_version="v1")
                 norm = await client.get_weights_by_name(NORM, truncate_size=5)
                 q = await client.get_weights_by_name(Q, truncate_size=3)
                 info = await client.get_model_info()
                 after = await client.generate_tokens(PROMPT, GREEDY)
-                await push_weights([client], group, [originals], weight_version="default")
+                await weight_push.push(client, group, [originals], weight_version="default")
                 restored = await client.get_weights_by_name(Q, truncate_size=10**9)
                 destroyed = await client.destroy_weights_update_group()
             finally:

@@ -20,6 +20,8 @@ from types import SimpleNamespace
 
 import numpy as np
 
+from apr_ds.cluster.messages import TrajectoryGroup
+
 
 SKIP_GROUPS = ([1, 0, 0, 0], [0, 1, 1, 0], [1, 1, 1, 1], [0, 0, 1, 0])
 
@@ -36,8 +38,9 @@ def groups(vocab: int, rewards_by_group=SKIP_GROUPS, seed: int = 0) -> list:
                 rows.append([prompt, total, program])
                 tokens.append(rng.integers(3, vocab, total))
                 behaviour.append(rng.uniform(-3.0, -0.5, total - prompt).astype(np.float32))
-        out.append((SimpleNamespace(rewards=rewards), np.concatenate(tokens).astype(np.int32),
-                    np.concatenate(behaviour), np.asarray(rows)))
+        behaviour = np.concatenate(behaviour)
+        out.append(TrajectoryGroup(SimpleNamespace(rewards=rewards), np.concatenate(tokens).astype(np.int32),
+                                   behaviour, np.asarray(rows), np.zeros_like(behaviour)))
     return out
 
 
@@ -45,16 +48,20 @@ def main(mode: str) -> None:
     import deepspeed
     import torch
 
+    import dataclasses
+
     from apr_ds.config import RLConfig
+    from apr_ds.learner.batch import build_shares
     from apr_ds.learner.checkpoint import gather_state_dict
     from apr_ds.learner.engine import init_distributed, load_ds_config
+    from apr_ds.learner.grpo_step import train_step
     from apr_ds.learner.loss import LossSettings
-    from apr_ds.learner.rl import as_sft_settings, build_shares, train_step
     from apr_ds.model import build_model, llama_config
 
     vocab = 64
-    rl = RLConfig(micro_batch=3, ppo_epochs=2, temperature=0.7, advantage="reward", beta=0.0)
-    ds_config = load_ds_config(as_sft_settings(rl, 1), 1)
+    rl = RLConfig(ppo_epochs=2, temperature=0.7, advantage="reward", beta=0.0)
+    rl.deepspeed.micro_batch = 3
+    ds_config = load_ds_config(rl.deepspeed, rl.optim, rl.deepspeed.micro_batch, 1, "rl")
     ds_config.update(gradient_clipping=0.0, zero_allow_untested_optimizer=True)
     init_distributed()
 
@@ -65,7 +72,7 @@ def main(mode: str) -> None:
         return engine
 
     def train(engine, share) -> None:
-        train_step(engine, None, share, LossSettings(beta=0.0), rl, world_size=1, pad_id=0, bos_id=1)
+        train_step(engine, None, share, LossSettings(beta=0.0), rl, pad_id=0, bos_id=1)
 
     if mode == "boundaries":
         engine, calls, updates = fresh_engine(), [0], []
@@ -91,14 +98,14 @@ def main(mode: str) -> None:
     batch = groups(vocab)
     whole, whole_counts = build_shares(batch, 1, beta=1.0, advantage="reward")
     skipped, skipped_counts = build_shares(batch, 1, beta=0.0, advantage="reward")
-    renormalised = dict(skipped[0], num_sequences=skipped_counts["trained_sequences"])
+    renormalised = dataclasses.replace(skipped[0], num_sequences=skipped_counts.trained_sequences)
     initial = build_model(llama_config("tiny", vocab, context=64), seed=0).state_dict()
     reference = trained(whole[0])
 
     def largest_difference(state: dict) -> float:
         return max(float((state[k] - reference[k]).abs().max()) for k in reference)
     print(json.dumps({
-        "whole": whole_counts, "skipped": skipped_counts,
+        "whole": vars(whole_counts), "skipped": vars(skipped_counts),
         "moved": max(float((reference[k] - initial[k]).abs().max()) for k in reference),
         "skipped_vs_whole": largest_difference(trained(skipped[0])),
         "renormalised_vs_whole": largest_difference(trained(renormalised)),

@@ -14,7 +14,8 @@ import torch
 
 from apr_ds.cluster.ports import free_port
 from apr_ds.cluster.weight_group import bucket_metadata, broadcast_tensors, destroy_weight_group, plan_buckets
-from apr_ds.rollout.client import RolloutClient, ServerError, connect_weight_group, push_weights
+from apr_ds.rollout.client import RolloutClient, ServerError
+import weight_push
 from engine_fixtures import run, save_model, serve, wait_for_load
 
 pytestmark = pytest.mark.slow
@@ -41,11 +42,11 @@ def test_learner_broadcast_updates_the_server_weights_exactly(tmp_path):
     async def learner(url):
         async with RolloutClient(url) as client:
             before = await client.generate_tokens(PROMPT, {"max_new_tokens": 8, **GREEDY})
-            group = await connect_weight_group([client], "127.0.0.1", free_port(), backend="gloo", timeout_s=120)
+            group = await weight_push.connect(client)
             try:
                 in_flight = asyncio.create_task(client.generate_tokens([1, 33], {"max_new_tokens": 600, **GREEDY}))
                 await wait_for_load(client, lambda load: load["num_reqs"] == 1)
-                await push_weights([client], group, buckets, weight_version="step-1", pause_mode="retract")
+                await weight_push.push(client, group, buckets, weight_version="step-1", pause_mode="retract")
                 refused = await refused_bucket(client, group)
                 served = {name: await client.get_weights_by_name(name, truncate_size=10**9) for name, _ in new_params}
                 after = await client.generate_tokens(PROMPT, {"max_new_tokens": 8, **GREEDY})
