@@ -1,4 +1,4 @@
-"""One MPI world, split by role: ranks 0..L-1 are learners, the rest rollout ranks (architecture.md, "Processes").
+"""One MPI world, split by role: ranks 0..L-1 are learners, the rest rollout ranks.
 
 The world comes from whatever started us: `mpiexec`/`mpirun`, `srun` (PMI/PMIx), or
 `deepspeed --launcher openmpi|mpich|slurm`. Learners then build their own torch.distributed group

@@ -1,1 +1,2 @@
-"""The learner: DeepSpeed ZeRO-3 engine, SFT loop, checkpoints and export. DeepSpeed is imported here and nowhere else."""
+"""The learner: DeepSpeed ZeRO-3 engine, the SFT and RL loops (sft.py, rl.py), checkpoints and export. DeepSpeed is
+imported here and nowhere else."""
