@@ -59,13 +59,19 @@ def gpus_per_node() -> int:
 
 
 def resolve_config(command: str, args: list[str]):
+    """The command's own config, checked as the command checks it: a bad one ends the job here, before any rank
+    starts, with the command's own message."""
     from apr_ds.cli import build_parser
     from apr_ds.config import config_from_args
+    from apr_ds.errors import UserError
     parser = build_parser(command)
     parsed, rest = parser.parse_known_args([command, *args])
     extra = [a for a in rest if "=" in a and not a.startswith("-")]
     parsed.overrides = list(getattr(parsed, "overrides", []) or []) + extra
-    return parsed, config_from_args(parsed)
+    try:
+        return parsed, config_from_args(parsed)
+    except UserError as e:
+        sys.exit(f"apr-ds {command}: error: {e}")
 
 
 def rl_layout(cfg, hosts: list[str], gpus: int) -> tuple[list[tuple[str, str, str]], int, int]:

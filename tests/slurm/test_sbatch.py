@@ -138,10 +138,11 @@ def test_a_config_error_fails_the_job_with_its_message(slurm, tiny_data, tmp_pat
     job = slurm.wait(job_id)
     assert job["JobState"] == "FAILED" and job["ExitCode"] == "2:0", job
     assert slurm.jobcomp(job_id)["JobState"] == "FAILED"
-    log = read(attempt_dir(work / "logs", "apr-sft", job_id, 0) / "sft.log")
-    assert "apr-ds sft: error: sft.deepspeed.precision must be fp32 or bf16, got 'fp16'" in log
+    # refused while the config loads in the batch script (slurm/plan.py): no srun step, no rank ever starts
     out = read(work / f"slurm-apr-sft-{job_id}.out")
-    assert "step sft FAILED: srun exit code 2" in out and "sft.deepspeed.precision must be fp32 or bf16" in out
+    assert "apr-ds sft: error: sft.deepspeed.precision must be fp32 or bf16, got 'fp16'" in out, out[-3000:]
+    assert "plan.py failed" in out and "Traceback" not in out and "srun exit code" not in out
+    assert not (attempt_dir(work / "logs", "apr-sft", job_id, 0) / "sft.log").exists()
 
 
 def test_a_dead_rank_ends_the_job_instead_of_hanging(slurm, tiny_data, tmp_path_factory):
