@@ -54,6 +54,12 @@ def validate(cfg) -> None:
     problems = Path(cfg.run_dir) / "data" / "problems" / "train.jsonl"
     if not problems.is_file():
         raise UserError(f"no training problems at {problems}; run `apr-ds data` for this run_dir")
+    if rl.line_penalty:  # the rollout ranks' check, here rather than once every server has started
+        from transformers import AutoTokenizer
+
+        from apr_ds.rollout.line_marks import LineMarks
+        from apr_ds.tasks import get_task
+        LineMarks(AutoTokenizer.from_pretrained(str(model)), get_task(cfg))
 
 
 def _check_sglang(configured: str) -> None:

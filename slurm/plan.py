@@ -139,6 +139,19 @@ def uniform_layout(hosts: list[str], gpus: int, role: str) -> list[tuple[str, st
     return [(host, role, "") for host in hosts for _ in range(per_node)]
 
 
+def check_rl(cfg, learners: int, rollouts: int) -> None:
+    """RL's rules that tie sections and rank counts together, on the layout this job will run (it may have more
+    rollout ranks than the config asked for): refused here, before any srun step."""
+    import dataclasses
+
+    from apr_ds.errors import UserError
+    laid_out = dataclasses.replace(cfg, rl=dataclasses.replace(cfg.rl, learner_ranks=learners, rollout_ranks=rollouts))
+    try:
+        laid_out.validate_rl()
+    except UserError as e:
+        sys.exit(f"apr-ds rl: error: {e}")
+
+
 def main(argv: list[str]) -> int:
     if len(argv) < 2 or argv[0] not in ("rl", "sft", "eval"):
         print(__doc__, file=sys.stderr)
@@ -153,6 +166,7 @@ def main(argv: list[str]) -> int:
         ranks, learners, rollouts = rl_layout(cfg, hosts, gpus)
         if (learners, rollouts) != (cfg.rl.learner_ranks, cfg.rl.rollout_ranks):
             overrides = [f"rl.learner_ranks={learners}", f"rl.rollout_ranks={rollouts}"]
+        check_rl(cfg, learners, rollouts)
         assign |= {"APR_LEARNER_RANKS": learners, "APR_ROLLOUT_RANKS": rollouts}
     elif command == "sft":
         ranks = uniform_layout(hosts, gpus, "learner")

@@ -115,7 +115,7 @@ class GroupHeader:
     rollout_index: int
     group_index: int
     version: int
-    """The weight version its programs started with: its staleness is judged by this."""
+    """The oldest weight version any of its programs started with: its staleness is judged by this."""
     rewards: list[float]
     programs: list[ProgramStats]
     num_sequences: int

@@ -56,7 +56,8 @@ def entropy_sum(logits: torch.Tensor, mask: torch.Tensor, temperature: float) ->
 
 def train_step(engine, ref_engine, share: Share, loss_settings, rl, pad_id: int, bos_id: int) -> dict:
     started, world_size = time.perf_counter(), dist.get_world_size()
-    count = torch.tensor([max(1, math.ceil(len(share.sequences) / rl.deepspeed.micro_batch))])
+    # on the engine's device: an NCCL group takes no CPU tensors
+    count = torch.tensor([max(1, math.ceil(len(share.sequences) / rl.deepspeed.micro_batch))], device=engine.device)
     dist.all_reduce(count, op=dist.ReduceOp.MAX)
     batches = prepare(engine, ref_engine, micro_batches(share, rl.deepspeed.micro_batch, int(count)),
                       rl.temperature, pad_id, bos_id)
@@ -81,7 +82,7 @@ def train_step(engine, ref_engine, share: Share, loss_settings, rl, pad_id: int,
                 for key in totals:
                     totals[key] += stats[key] * (1.0 if key == "tokens" else stats["tokens"])
         grad_norm = float(engine.get_global_grad_norm() or 0.0)
-    summed = torch.tensor(list(totals.values()), dtype=torch.float64)
+    summed = torch.tensor(list(totals.values()), dtype=torch.float64, device=engine.device)
     dist.all_reduce(summed)
     tokens = max(summed[0].item(), 1.0)
     return {"learner/tokens": tokens, "learner/seconds": time.perf_counter() - started, "loss/grad_norm": grad_norm,

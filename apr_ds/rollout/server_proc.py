@@ -162,6 +162,7 @@ class ServerProcess:
         return cls(command, f"http://{host}:{port}", log_path, env)
 
     def wait_healthy(self, timeout_s: float = 600.0) -> "ServerProcess":
+        """Blocks until /health answers; call it outside an event loop (or in a thread: asyncio.to_thread)."""
         from apr_ds.rollout.client import wait_until_healthy
         log = f"; {self.log_path} ends with:\n" if self.log_path else ""
         try:

@@ -30,7 +30,7 @@ every learner rank calls (the gather is collective) and only the sender sends.""
 
 
 def admission_quota(prompts_per_step: int, num_rollouts: int, rollout_index: int) -> int:
-    """A rollout rank's share of a step's groups: what it may start per weight version (receiver.py admits by it)."""
+    """A rollout rank's share of a step's groups: what it may start per weight version (rollout/rank.py admits by it)."""
     base, extra = divmod(prompts_per_step, num_rollouts)
     return base + (rollout_index < extra)
 

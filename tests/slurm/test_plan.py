@@ -94,7 +94,8 @@ def test_the_command_line_writes_the_hostfile_and_overrides(tmp_path):
     env = {**ENV, "SLURM_GPUS_ON_NODE": "8", "APR_LEARNER_NODES": "1"}
     env.pop("SLURM_JOB_NODELIST", None)
     done = subprocess.run([sys.executable, str(REPO / "slurm" / "plan.py"), "rl", str(tmp_path), "--preset", "tiny",
-                           "rl.learner_ranks=3", "rl.rollout_ranks=5"], env=env, capture_output=True, text=True,
+                           "rl.learner_ranks=3", "rl.rollout_ranks=5", "rl.prompts_per_step=10"], env=env,
+                          capture_output=True, text=True,
                           timeout=120)
     assert done.returncode == 0, done.stderr
     values = dict(line.split("=", 1) for line in done.stdout.splitlines())
@@ -102,3 +103,15 @@ def test_the_command_line_writes_the_hostfile_and_overrides(tmp_path):
     assert values["APR_OVERRIDES"] == "()"  # one node: the YAML's counts stand
     assert len((tmp_path / "hostfile").read_text().splitlines()) == 8
     assert (tmp_path / "ranks.tsv").read_text().splitlines()[3].split("\t")[2:] == ["rollout", "3"]
+
+
+@pytest.mark.parametrize("override, message", [
+    ("sft.deepspeed.precision=fp16", "apr-ds rl: error: sft.deepspeed.precision must be fp32 or bf16, got 'fp16'"),
+    ("rollout.top_p=0.9", "apr-ds rl: error: rl needs untruncated sampling"),  # RL's cross-section rule
+])
+def test_a_config_rl_cannot_run_stops_the_plan_with_the_commands_message(tmp_path, override, message):
+    """Before any srun step: the section ranges when the config loads, RL's rules on the laid-out rank counts."""
+    done = subprocess.run([sys.executable, str(REPO / "slurm" / "plan.py"), "rl", str(tmp_path), "--preset", "tiny",
+                           override], env=ENV, capture_output=True, text=True, timeout=120)
+    assert done.returncode != 0 and message in done.stderr and "Traceback" not in done.stderr, done.stderr
+    assert not (tmp_path / "ranks.tsv").exists()
