@@ -118,9 +118,6 @@ class GroupHeader:
     """The oldest weight version any of its programs started with: its staleness is judged by this."""
     rewards: list[float]
     programs: list[ProgramStats]
-    num_sequences: int
-    num_tokens: int
-    num_output_tokens: int
     rollout_busy_s: float = 0.0
     rollout_idle_s: float = 0.0
     """Cumulative seconds this rollout rank had programs in flight / none (for idle fractions)."""

@@ -78,9 +78,9 @@ def train_step(engine, ref_engine, share: Share, loss_settings, rl, pad_id: int,
             engine.backward(loss * world_size, scale_wrt_gas=False)
             engine.step()
             if epoch == 0:
-                stats["entropy"] = entropy_sum(logits, batch.mask, rl.temperature) / max(stats["tokens"], 1e-9)
+                stats["entropy"] = entropy_sum(logits, batch.mask, rl.temperature)  # a sum, not a token mean
                 for key in totals:
-                    totals[key] += stats[key] * (1.0 if key == "tokens" else stats["tokens"])
+                    totals[key] += stats[key] * (1.0 if key in ("tokens", "entropy") else stats["tokens"])
         grad_norm = float(engine.get_global_grad_norm() or 0.0)
     summed = torch.tensor(list(totals.values()), dtype=torch.float64, device=engine.device)
     dist.all_reduce(summed)

@@ -195,7 +195,7 @@ def rollout_scalars(taken, since_start_s: float) -> dict:
     newest = {h.rollout_index: h for h in headers}  # cumulative counters: the newest per rollout rank
     busy = sum(h.rollout_busy_s for h in newest.values())
     idle = sum(h.rollout_idle_s for h in newest.values())
-    out_tokens = sum(h.num_output_tokens for h in headers)
+    out_tokens = sum(int(group.logprobs.size) for group in taken.groups)  # one log-prob per generated token
     return {
         "rollout/reward": float(np.mean([r for h in headers for r in h.rewards])),
         "rollout/accuracy": float(np.mean([p.correct for p in programs])),

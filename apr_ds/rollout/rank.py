@@ -195,11 +195,8 @@ class RolloutRank:
     def ship(self, group_index: int, version: int, trajectories, requeued: bool) -> None:
         rewards = [program_reward(t, self.cfg.rl, self.cfg.rollout.max_context) for t in trajectories]
         header = GroupHeader(self.index, group_index, version, rewards, [program_stats(t) for t in trajectories],
-                             0, 0, 0, self.busy_s, self.idle_s, self.weights.take_probe(), requeued=requeued)
-        group = trajectory_group(header, trajectories, self.line_marks)
-        header.num_sequences, header.num_tokens, header.num_output_tokens = (len(group.sequences), int(group.tokens.size),
-                                                                             int(group.logprobs.size))
-        send_group(self.roles.world, 0, group, self.pending)
+                             self.busy_s, self.idle_s, self.weights.take_probe(), requeued=requeued)
+        send_group(self.roles.world, 0, trajectory_group(header, trajectories, self.line_marks), self.pending)
 
     async def apply(self, update: WeightUpdate) -> None:
         if await self.weights.apply(update, not self.server_died(), self.server_gone):
