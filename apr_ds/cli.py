@@ -5,6 +5,7 @@
     apr-ds export CKPT OUT                         a checkpoint -> a Hugging Face model directory
     apr-ds serve --model DIR [--port P] [key=value ...]   a Llama checkpoint behind SGLang's HTTP API (CPU)
     apr-ds compare A.json B.json [--windows 512 768]   two eval runs paired problem by problem
+    apr-ds view PATH [PATH2] --out page.html       programs (eval's or RL's) as one self-contained HTML page
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ COMMANDS = {
     "data": ("apr_ds.data.build", "build problems, solver traces, SFT sequences and the tokenizer"),
     "eval": ("apr_ds.eval.run", "evaluate APR, SoS+ or best-of-n on a split: accuracy, tokens, latency"),
     "report": ("apr_ds.eval.report", "plots and a Markdown table from eval results"),
+    "view": ("apr_ds.view.build", "spawn/join programs as one self-contained HTML page: index, tree, timeline, text"),
     "compare": ("apr_ds.eval.compare", "two eval runs on the same problems, paired: both / only A / only B, sign test"),
     "demo": ("apr_ds.demo", "the whole pipeline on the tiny preset: data, SFT, RL, eval, report"),
     "rl": ("apr_ds.launch", "asynchronous GRPO: ZeRO-3 learner ranks + rollout ranks running spawn/join programs"),

@@ -117,6 +117,25 @@ def wrong_spans(text: str) -> list[tuple[int, int]]:
     return sorted(spans)
 
 
+def failed_checks(text: str) -> dict[int, list[str]]:
+    """The skills each line of `text.splitlines()` got wrong, by line number."""
+    starts = {start: number for number, start in enumerate(_line_starts(text))}
+    failed = {}
+    for start, _, verdicts in checked_lines(text):
+        wrong = [skill for skill, right in verdicts.items() if not right]
+        if wrong:
+            failed[starts[start]] = wrong
+    return failed
+
+
+def _line_starts(text: str) -> list[int]:
+    offsets, offset = [], 0
+    for line in text.splitlines(keepends=True):
+        offsets.append(offset)
+        offset += len(line)
+    return offsets
+
+
 def operator_counts(texts) -> dict:
     """Per operator (+ * - /): explored lines, how many have the right result, and how many have no right result at
     all (a smaller number first, an inexact division). RL with a line penalty can learn to avoid an operator instead

@@ -13,7 +13,8 @@ from __future__ import annotations
 from apr_ds.errors import UserError
 from apr_ds.tasks import countdown, countdown_lines, countdown_spawn, countdown_verify
 from apr_ds.tasks.countdown_solvers import SOLVERS
-from apr_ds.tasks.countdown_trace import SAMPLE_TRACE, TRACE_PHRASES, apr_prompt, child_prompt, sosp_prompt
+from apr_ds.tasks.countdown_trace import (LINE_KIND_NAMES, SAMPLE_TRACE, TRACE_PHRASES, apr_prompt, child_prompt, line_kind,
+                                          sosp_prompt)
 from apr_ds.tasks.task import Task
 
 
@@ -21,6 +22,7 @@ class CountdownTask(Task):
     name = "countdown"
     trace_phrases = TRACE_PHRASES
     sample_trace = SAMPLE_TRACE
+    line_kind_names = LINE_KIND_NAMES
 
     def make_splits(self, workers, progress=None):
         return countdown.make_splits(self.task_cfg, workers=workers, progress=progress)
@@ -64,3 +66,9 @@ class CountdownTask(Task):
 
     def wrong_spans(self, text):
         return countdown_lines.wrong_spans(text)
+
+    def line_kind(self, line):
+        return line_kind(line)
+
+    def failed_checks(self, text):
+        return countdown_lines.failed_checks(text)

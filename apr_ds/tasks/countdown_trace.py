@@ -125,6 +125,25 @@ LINE_STARTS = {"Current State:": "state", "Exploring Operation:": "operation", "
 """How each line that the per-line checks read starts, and its kind."""
 
 
+LINE_KINDS = (("Current State:", "state"), ("Exploring Operation:", "operation"), ("Generated Node", "node"),
+              ("Moving to Node", "move"), ("Start Sub Search at level", "sub_search"),
+              ("Exit Sub Search at level", "sub_search"), ("No solution found", "no_solution"))
+LINE_KIND_NAMES = ("state", "operation", "node", "move", "goal", "dead_end", "sub_search", "no_solution", "other")
+
+
+def line_kind(line: str) -> str:
+    """The kind of a trace line outside spawn and join blocks; a prompt's budget prefixes are skipped."""
+    for prefix in (SUB_CALL_BUDGET, TOKEN_BUDGET):
+        if line.startswith(prefix):
+            line = line[len(prefix):].lstrip("0123456789 ")
+    kind = next((kind for start, kind in LINE_KINDS if line.startswith(start)), None)
+    if kind:
+        return kind
+    if line.endswith(" equal: " + GOAL_REACHED):
+        return "goal"
+    return "dead_end" if line.endswith(" unequal: No Solution") else "other"
+
+
 def parse_ints(text: str) -> tuple[int, ...]:
     """The numbers of an `_INT_LIST` group."""
     return tuple(int(x) for x in text.split(", ")) if text else ()

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Callable, ClassVar, Iterable
 
 from apr_ds.errors import UserError
-from apr_ds.lang import SpawnError
+from apr_ds.lang import CALL_CLOSE, CALL_OPEN, JOIN_CLOSE, JOIN_OPEN, SpawnError
 
 
 @dataclass(frozen=True)
@@ -150,3 +150,32 @@ class Task(ABC):
     @abstractmethod
     def wrong_spans(self, text: str) -> list[tuple[int, int]]:
         """Character spans [start, end) of `text` that its checked lines got wrong."""
+
+    # ------------------------------------------------------------------------ reading a trace (the trace viewer)
+
+    line_kind_names: ClassVar[tuple[str, ...]]
+    """Every kind `line_kind` returns, in the order a legend lists them."""
+
+    @abstractmethod
+    def line_kind(self, line: str) -> str:
+        """What one line of a thread's text is (one of `line_kind_names`), for a line outside spawn and join blocks."""
+
+    @abstractmethod
+    def failed_checks(self, text: str) -> dict[int, list[str]]:
+        """The per-line checks each line of `text.splitlines()` fails, by line number (from 0); lines that pass
+        every check, or that no check reads, are absent. The same checks as `line_diagnostics`."""
+
+    def line_kinds(self, text: str) -> list[str]:
+        """One kind per line of `text.splitlines()`: `spawn` or `join` for a block's lines, markers included (the
+        blocks are every task's), else the task's `line_kind`."""
+        kinds, block = [], None
+        for line in text.splitlines():
+            if block is None and line.startswith((CALL_OPEN, JOIN_OPEN)):
+                block = "spawn" if line.startswith(CALL_OPEN) else "join"
+            if block is not None:
+                kinds.append(block)
+                if line.startswith(CALL_CLOSE if block == "spawn" else JOIN_CLOSE):
+                    block = None
+            else:
+                kinds.append(self.line_kind(line))
+        return kinds
