@@ -105,6 +105,8 @@ class ProgramStats:
     sequential_tokens: int
     longest_thread: int
     latency_s: float
+    acceleration: float
+    """Total / sequential tokens (apr_ds.rollout.trajectory)."""
 
 
 @dataclass

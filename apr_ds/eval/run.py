@@ -176,11 +176,12 @@ def summarize_setting(runs: list, method: str, samples: int, windows: list[int],
 
 def print_table(results: dict) -> None:
     print(f"\n{results['method']} on {results['split']} ({results['model']})")
-    print(f"{'T':>5} {'budget':>6} {'acc':>6} {'total tok':>9} {'seq tok':>8} {'longest':>7} {'latency s':>9} {'spawns':>6} {'child/sp':>8}")
+    print(f"{'T':>5} {'budget':>6} {'acc':>6} {'total tok':>9} {'seq tok':>8} {'accel':>5} {'longest':>7} {'latency s':>9} "
+          f"{'spawns':>6} {'spawned':>7} {'child/sp':>8}")
     for s in results["settings"]:
         print(f"{s['temperature']:>5} {str(s['budget']):>6} {s['accuracy']:>6.1%} {s['mean_total_tokens']:>9.0f} "
-              f"{s['mean_sequential_tokens']:>8.0f} {s['mean_longest_thread']:>7.0f} {s['mean_latency_s']:>9.2f} "
-              f"{s['spawns_per_program']:>6.2f} {s['children_per_spawn']:>8.2f}")
+              f"{s['mean_sequential_tokens']:>8.0f} {s['mean_acceleration']:>5.2f} {s['mean_longest_thread']:>7.0f} "
+              f"{s['mean_latency_s']:>9.2f} {s['spawns_per_program']:>6.2f} {s['spawn_rate']:>7.1%} {s['children_per_spawn']:>8.2f}")
         if s.get("lines"):
             print("      lines right: " + "  ".join(f"{k} {v['right']:.2f} (of {v['lines']})" for k, v in s["lines"].items()))
         if "pass_at" in s:

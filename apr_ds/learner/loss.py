@@ -4,7 +4,8 @@ A group is G programs (rollouts) of one prompt. Program r gets reward R_r in {0,
 verifier and advantage A_r = (R_r - mean(R)) / (std(R) + 1e-10), population std. Every generation call of
 every thread of program r (parent calls and children alike) is a training sequence with advantage A_r:
 one scalar outcome credits every thread, which is how parent and children are trained end to end.
-(`rl.advantage=reward` uses A_r = R_r instead: REINFORCE without a baseline.)
+(`rl.advantage=group_mean` uses A_r = R_r - mean(R), ThreadWeaver's; `rl.advantage=reward` A_r = R_r: REINFORCE
+without a baseline.)
 
 A token's advantage A_t is its program's A_r, less rl.line_penalty on the output tokens the rollout rank marked
 as the wrong part of a checked trace line (batch.py, rollout/line_marks.py; 0 by default: the outcome alone, as APR). Per sequence s, over its generated tokens t only
@@ -46,11 +47,15 @@ def group_advantages(rewards: list[float], eps: float = 1e-10) -> list[float]:
 
 
 def advantages_for(rewards: list[float], kind: str) -> list[float]:
-    """`group_norm`: GRPO's. `reward`: A = R, REINFORCE without a baseline. With a 0/1 reward only solved programs
+    """`group_norm`: GRPO's. `group_mean`: R - group mean, without the std (ThreadWeaver's: a small reward
+    bonus keeps its small scale). `reward`: A = R, REINFORCE without a baseline. With a 0/1 reward only solved programs
     are pushed up and failed ones are left alone, so the update never pushes probability away from a failure onto
     tokens the policy has barely seen (on the cpu task, GRPO's updates drifted the per-line arithmetic: docs/results.md)."""
     if kind == "group_norm":
         return group_advantages(rewards)
+    if kind == "group_mean":
+        r = torch.tensor(rewards, dtype=torch.float64)
+        return (r - r.mean()).tolist()
     if kind == "reward":
         return [float(r) for r in rewards]
     raise ValueError(f"unknown advantage {kind!r}; expected one of {RL_ADVANTAGES}")

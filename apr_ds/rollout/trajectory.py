@@ -12,6 +12,8 @@ Token accounting (stated once, used everywhere):
 - **sequential tokens** of a thread = its new tokens + for each of its spawns the largest sequential
   count among that spawn's children (children run concurrently): parent pre-spawn + longest child +
   continuation, recursively. For a program without spawns it equals total tokens;
+- **acceleration** = total tokens / sequential tokens of the root (1 without spawns): the token-latency speedup
+  that running the children concurrently buys over running every thread one after another (ThreadWeaver);
 - **longest thread** = the longest single context (|prompt| + |output|) of any segment: the context
   window the program needed.
 """
@@ -93,6 +95,10 @@ class Trajectory:
         thread = self.threads[thread_id]
         return sum(thread.new_tokens()) + sum(max((self.sequential_tokens(c) for c in spawn), default=0)
                                               for spawn in thread.spawns)
+
+    def acceleration(self) -> float:
+        sequential = self.sequential_tokens()
+        return self.total_tokens() / sequential if sequential else 1.0
 
     def longest_thread(self) -> int:
         return max((seg.context_len for t in self.threads for seg in t.segments), default=0)

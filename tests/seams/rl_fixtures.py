@@ -7,7 +7,8 @@ import subprocess
 import sys
 
 TAGS = ["rollout/reward", "rollout/accuracy", "rollout/children_per_spawn", "rollout/threads_per_program",
-        "rollout/total_tokens", "rollout/sequential_tokens", "rollout/latency_p50_s", "rollout/latency_p95_s",
+        "rollout/total_tokens", "rollout/sequential_tokens", "rollout/acceleration", "rollout/spawn_rate",
+        "rollout/latency_p50_s", "rollout/latency_p95_s",
         "rollout/tokens_per_s", "learner/tokens_per_s", "staleness/mean", "staleness/max", "staleness/dropped_groups",
         "sync/ms", "sync/bytes", "loss/kl", "loss/clip_fraction", "loss/entropy", "learner/idle_fraction",
         "rollout/idle_fraction", "loss/behaviour_mismatch", "faults/server_restarts", "faults/requeued_groups",
