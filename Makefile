@@ -10,7 +10,7 @@ export OMP_NUM_THREADS ?= 1
 export DS_ACCELERATOR ?= cpu
 export PYTHONWARNINGS ?= ignore::FutureWarning
 
-.PHONY: install sglang demo test test-fast ops clean
+.PHONY: install sglang chromium demo test test-fast ops clean
 
 $(STAMP): pyproject.toml constraints/cpu.txt
 	$(PYTHON) -m venv $(VENV)
@@ -37,12 +37,18 @@ sglang: $(SGLANG_STAMP)
 ops: install
 	$(BIN)/python -c "from apr_ds.learner.engine import build_comm_op; build_comm_op()" >/dev/null
 
+# Headless Chromium for the trace viewer's browser tests (tests/browser.py): Debian's package, no browser download.
+chromium:
+	@command -v chromium >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
+	@command -v chromium >/dev/null || { echo "chromium did not install: run 'apt-get install chromium' as root" >&2; exit 1; }
+
 demo: install ops
 	$(BIN)/apr-ds demo
 
-# The SGLang tests are part of the suite: with APR_SGLANG_PYTHON set they fail, not skip, if SGLang is missing.
-test: install ops sglang
-	APR_SGLANG_PYTHON=$(abspath $(SGLANG_VENV))/bin/python $(BIN)/python -m pytest -q
+# The SGLang and browser tests are part of the suite: with APR_SGLANG_PYTHON and APR_REQUIRE_CHROMIUM set they fail,
+# not skip, if SGLang or Chromium is missing.
+test: install ops sglang chromium
+	APR_SGLANG_PYTHON=$(abspath $(SGLANG_VENV))/bin/python APR_REQUIRE_CHROMIUM=1 $(BIN)/python -m pytest -q
 
 test-fast: install
 	$(BIN)/python -m pytest -q -m "not slow"

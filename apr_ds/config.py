@@ -44,7 +44,7 @@ Method = Literal["sosp", "apr"]
 Precision = Literal["fp32", "bf16"]
 Schedule = Literal["cosine", "constant"]
 LossAgg = Literal["token_mean", "token_sum"]
-Advantage = Literal["group_norm", "reward"]
+Advantage = Literal["group_norm", "group_mean", "reward"]
 Server = Literal["ours", "sglang", "url"]
 TaskName = Literal["countdown"]
 Heuristic = Literal["mult", "sum"]
@@ -512,12 +512,22 @@ class RLConfig:
     rollout.max_context loses reward linearly, up to rl.overlong_penalty at the limit (where the window cuts it).
     0 = off: APR's binary reward."""
     overlong_penalty: float = 1.0
+    critical_path_weight: float = 0.0
+    """ThreadWeaver's parallelism bonus (lambda, theirs 0.5): a correct program gains this times
+    min(acceleration - 1, rl.critical_path_cap), acceleration being total / sequential tokens (rollout/trajectory.py).
+    The outcome reward alone does not care whether the children ran beside each other or the parent did the work
+    itself; this pays for a shorter critical path, and only when the answer is right. 0 = off: the outcome alone."""
+    critical_path_cap: float = 0.2
+    """The most acceleration - 1 the bonus pays for (ThreadWeaver: 0.2), so that spawning earns a fraction of
+    what a solve does and never pays for itself beyond a modest speedup."""
     line_penalty: float = 0.0
     """Subtracted from the advantage of the wrong part of every checked trace line the task can verify (an
     impossible or repeated step, a wrong result, a line that does not parse), whatever the program's outcome
     (rollout/line_marks.py marks the tokens). 0 = off: the outcome alone, as APR."""
     advantage: Advantage = "group_norm"
-    """`group_norm` (GRPO, APR's trainer): (R - group mean) / group std. `reward`: A = R, REINFORCE without a
+    """`group_norm` (GRPO, APR's trainer): (R - group mean) / group std. `group_mean` (ThreadWeaver, Dr. GRPO):
+    R - group mean: dividing by the std would blow a group whose programs are all correct, and differ only by
+    the critical-path bonus, up to advantages as large as a solve's. `reward`: A = R, REINFORCE without a
     baseline, which with the 0/1 reward trains only on solved programs (rejection-sampling fine-tuning done on-policy)."""
     ppo_epochs: int = 2
     """Optimizer steps on each batch (APR: 2 full-batch steps). The optimizer's schedule spans steps x ppo_epochs."""
@@ -547,6 +557,9 @@ class RLConfig:
     """A server this rank started and that died is restarted and re-synced this many times; then the job ends."""
     seed: int = 0
     log_every: int = 1
+    keep_programs: int = 0
+    """Sampled programs kept per weight version (per learner step), with their text, tree, timings, reward and version,
+    in {run_dir}/rl/programs/ for `apr-ds view`: what the policy writes, watched over steps. 0 = off."""
     timeout_s: float = 600.0
     """Collective and message timeout: a rank silent this long ends the job with a message."""
     learner_cpus: list[int] = field(default_factory=list)
@@ -569,11 +582,14 @@ class RLConfig:
         check.above("is_cap", 0)
         check.at_least("overlong_buffer", 0, " (0 = off)")
         check.at_least("overlong_penalty", 0)
+        check.at_least("critical_path_weight", 0, " (0 = off)")
+        check.above("critical_path_cap", 0)
         check.at_least("line_penalty", 0, " (it is subtracted from a wrong line's advantage)")
         check.at_least("max_staleness", 0, " (0 = synchronous)")
         check.above("server_start_timeout_s", 0)
         check.at_least("server_threads", 0)
         check.at_least("max_server_restarts", 0)
+        check.at_least("keep_programs", 0, " (0 = off)")
         check.above("timeout_s", 0)
         check.each_at_least("learner_cpus", 0)
         check.each_at_least("rollout_cpus", 0)

@@ -156,5 +156,8 @@ def print_summary(run_dir: Path, times: dict, total_s: float) -> None:
         print("\n".join(_eval_rows(cpu, ["512", "768"])))
         print(f"  RL from the shipped APR model, reward by step: {_rewards(cpu)}")
     print(f"\n  reports:     {tiny / 'report'}/report.md" + (f", {cpu / 'report'}/report.md" if (cpu / "eval").is_dir() else ""))
+    pages = sorted((cpu / "report" / "view").glob("apr*.html")) or sorted((tiny / "report" / "view").glob("apr*.html"))
+    if pages:
+        print(f"  programs:    {pages[0]} (open it in a browser: `apr-ds view`'s page of every program)")
     print(f"  TensorBoard: tensorboard --logdir {run_dir}")
     print("=" * 86)

@@ -181,3 +181,30 @@ def test_a_spawn_naming_a_thread_that_is_not_there_is_refused(records, tmp_path)
 def test_a_folder_without_programs_is_refused(tmp_path):
     proc = apr_ds("view", tmp_path, "--out", tmp_path / "x.html", timeout=120)
     assert proc.returncode == 2 and "no programs in it" in proc.stderr
+
+
+def test_rl_keeps_its_share_of_programs_per_version_one_per_group(records, tmp_path):
+    from apr_ds.rollout.kept_programs import KeptPrograms
+    from apr_ds.rollout.trajectory import Trajectory
+    trajectories = [Trajectory.from_json({k: v for k, v in r.items() if k not in ("temperature", "budget")})
+                    for r in records[:3]]
+    ranks = [KeptPrograms(tmp_path, index, 2, keep=3) for index in range(2)]
+    assert [rank.quota for rank in ranks] == [2, 1]
+    for group in range(4):
+        for rank in ranks:
+            rank.offer(version=group // 3, group_index=group, trajectories=trajectories, rewards=[0.5, 1.0, 0.0])
+    kept = [[json.loads(line) for line in rank.path.read_text().splitlines()] for rank in ranks]
+    assert [(r["version"], r["group"]) for r in kept[0]] == [(0, 0), (0, 1), (1, 3)]
+    assert [(r["version"], r["group"]) for r in kept[1]] == [(0, 0), (1, 3)]
+    assert all(r["reward"] == 0.5 and r["problem"] == records[0]["problem"] for r in kept[0] + kept[1])
+    assert KeptPrograms(tmp_path, 1, 2, keep=1).quota == 0
+
+
+def test_report_writes_and_links_each_runs_viewer_page(eval_run, records, browser, tmp_path):
+    proc = apr_ds("report", eval_run, "--out", tmp_path / "report", timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    page = tmp_path / "report" / "view" / "apr.html"
+    assert str(page) in proc.stdout and "- [apr](view/apr.html)" in (tmp_path / "report" / "report.md").read_text()
+    browser.open(page.as_uri())
+    assert browser.evaluate("document.querySelectorAll('#index tbody tr').length") == len(records)
+    assert browser.errors() == []

@@ -1,10 +1,12 @@
 """`apr-ds report RUN_DIR...`: plots and a table from `apr-ds eval` results, in the style of the paper's
-Figures 3-4: accuracy against context window, total tokens and latency, one line per method.
+Figures 3-4: accuracy against context window, total tokens, latency and sequential tokens, one line per method.
 
     apr-ds report runs/tiny runs/cpu --out runs/report
 
 Reads every `{run_dir}/eval/*.json` result (or result files given directly) and writes
-`accuracy_vs_context.png`, `accuracy_vs_total_tokens.png`, `accuracy_vs_latency.png` and `report.md`.
+`accuracy_vs_context.png`, `accuracy_vs_total_tokens.png`, `accuracy_vs_latency.png`,
+`accuracy_vs_sequential_tokens.png` (the critical path: accuracy at equal token latency, as ThreadWeaver compares)
+and `report.md`.
 """
 
 from __future__ import annotations
@@ -24,7 +26,8 @@ def add_arguments(parser) -> None:
 
 def main(args) -> int:
     results = load_results(args.runs)
-    paths = render(results, Path(args.out))
+    pages = viewer_pages(results, Path(args.out))
+    paths = render(results, Path(args.out)) + pages
     for path in paths:
         print(path)
     return 0
@@ -39,10 +42,30 @@ def load_results(paths: list[str]) -> list[dict]:
             raise UserError(f"{given}: no eval results (expected {path / 'eval'}/*.json from `apr-ds eval`)")
         for file in files:
             data = load_result_file(file)
+            data["file"] = str(file)
             where = f"{file.parent.parent.name}/{file.stem}" if len(paths) > 1 else file.stem
             data["label"] = data["method"] if where == data["method"] else f"{data['method']} ({where})"
             results.append(data)
     return results
+
+
+def viewer_pages(results: list[dict], out: Path) -> list[Path]:
+    """Each result's programs (its `.trajectories.jsonl`, beside it) in the trace viewer, as view/{label}.html; the
+    table links them. A result whose programs file is gone is reported without a page."""
+    import re
+
+    from apr_ds.eval.run import TRAJECTORIES_SUFFIX
+    from apr_ds.view.build import write_page
+
+    pages = []
+    for result in results:
+        file = Path(result["file"])
+        programs = file.with_name(file.stem + TRAJECTORIES_SUFFIX)
+        if programs.is_file():
+            page = out / "view" / (re.sub(r"[^A-Za-z0-9._-]+", "_", result["label"]).strip("_") + ".html")
+            pages.append(write_page([str(programs)], page, result["label"]))
+            result["viewer"] = str(page.relative_to(out))
+    return pages
 
 
 def load_result_file(file: Path) -> dict:
@@ -73,7 +96,9 @@ def render(results: list[dict], out: Path) -> list[Path]:
     written = []
     for name, x_key, xlabel in (("accuracy_vs_context", None, "context window per thread (tokens)"),
                                 ("accuracy_vs_total_tokens", "mean_total_tokens", "total tokens per problem"),
-                                ("accuracy_vs_latency", "mean_latency_s", "latency per problem (s)")):
+                                ("accuracy_vs_latency", "mean_latency_s", "latency per problem (s)"),
+                                ("accuracy_vs_sequential_tokens", "mean_sequential_tokens",
+                                 "sequential tokens per problem (critical path)")):
         fig, ax = plt.subplots(figsize=FIGSIZE, dpi=DPI)
         for result in results:
             if x_key is None:
@@ -110,13 +135,18 @@ def label_windows(ax, windows: list[int]) -> None:
 
 
 def markdown_table(results: list[dict]) -> str:
-    lines = ["| method | split | T | budget | n | accuracy | total tokens | sequential tokens | longest thread | latency s | spawns | children/spawn |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| method | split | T | budget | n | accuracy | total tokens | sequential tokens | acceleration | longest thread | "
+             "latency s | spawns | spawn rate | children/spawn |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         for s in r["settings"]:
+            # results written before acceleration and spawn rate were measured show '-'
+            acceleration = f"{s['mean_acceleration']:.2f}" if "mean_acceleration" in s else "-"
+            spawn_rate = f"{100 * s['spawn_rate']:.1f}%" if "spawn_rate" in s else "-"
             lines.append(f"| {r['label']} | {r['split']} | {s['temperature']} | {s['budget'] if s['budget'] is not None else '-'} | {s['n']} | "
-                         f"{100 * s['accuracy']:.1f}% | {s['mean_total_tokens']:.0f} | {s['mean_sequential_tokens']:.0f} | "
-                         f"{s['mean_longest_thread']:.0f} | {s['mean_latency_s']:.2f} | {s['spawns_per_program']:.2f} | {s['children_per_spawn']:.2f} |")
+                         f"{100 * s['accuracy']:.1f}% | {s['mean_total_tokens']:.0f} | {s['mean_sequential_tokens']:.0f} | {acceleration} | "
+                         f"{s['mean_longest_thread']:.0f} | {s['mean_latency_s']:.2f} | {s['spawns_per_program']:.2f} | {spawn_rate} | "
+                         f"{s['children_per_spawn']:.2f} |")
     lines += ["", "Cumulative accuracy by context window (first setting of each result):", ""]
     windows = sorted({int(w) for r in results for w in r["settings"][0]["cumulative_accuracy"]})
     lines.append("| method | " + " | ".join(str(w) for w in windows) + " |")
@@ -131,4 +161,8 @@ def markdown_table(results: list[dict]) -> str:
             s = r["settings"][0]
             for k in sorted(s["pass_at"], key=int):
                 lines.append(f"| {r['label']} | {k} | {100 * s['pass_at'][k]:.1f}% | {100 * s['cons_at'][k]:.1f}% | {s['mean_total_tokens_at'][k]:.0f} |")
+    viewed = [r for r in results if r.get("viewer")]
+    if viewed:
+        lines += ["", "Every program, in the trace viewer (`apr-ds view`; the pages open from disk):", ""]
+        lines += [f"- [{r['label']}]({r['viewer']})" for r in viewed]
     return "\n".join(lines) + "\n"

@@ -128,13 +128,17 @@ def trajectory_group(header: GroupHeader, trajectories, line_marks=None) -> Traj
 def program_stats(trajectory) -> ProgramStats:
     return ProgramStats(trajectory.correct, len(trajectory.threads), trajectory.num_spawns, trajectory.children_per_spawn(),
                         trajectory.total_tokens(), trajectory.sequential_tokens(), trajectory.longest_thread(),
-                        trajectory.latency_s)
+                        trajectory.latency_s, trajectory.acceleration())
 
 
 def program_reward(trajectory, rl, max_context: int) -> float:
     """1 for a verified solve, else 0 (APR's reward), minus DAPO's soft overlong punishment when
-    rl.overlong_buffer > 0: RL otherwise lets threads grow into the context window, where they are cut."""
+    rl.overlong_buffer > 0: RL otherwise lets threads grow into the context window, where they are cut.
+    A solve also earns ThreadWeaver's critical-path bonus when rl.critical_path_weight > 0; a failed program
+    earns none, or spawning would pay whatever the answer."""
     reward = float(trajectory.correct)
+    if trajectory.correct and rl.critical_path_weight > 0:
+        reward += rl.critical_path_weight * min(trajectory.acceleration() - 1, rl.critical_path_cap)
     if rl.overlong_buffer > 0:
         excess = trajectory.longest_thread() - (max_context - rl.overlong_buffer)
         reward -= rl.overlong_penalty * min(max(excess, 0) / rl.overlong_buffer, 1.0)
@@ -142,7 +146,8 @@ def program_reward(trajectory, rl, max_context: int) -> float:
 
 
 class RolloutRank:
-    def __init__(self, cfg, roles, client, tokenizer, task, problems, setup: Setup, restart_server=None):
+    def __init__(self, cfg, roles, client, tokenizer, task, problems, setup: Setup, restart_server=None,
+                 kept_programs=None):
         from apr_ds.rollout.line_marks import LineMarks
         from apr_ds.rollout.runtime import ProgramRunner
         self.cfg, self.roles, self.client, self.problems = cfg, roles, client, problems
@@ -163,6 +168,7 @@ class RolloutRank:
         # Fault handling (see the module docstring): `restart_server` is the OwnedServer, None in unit use.
         self.restart_server = restart_server
         self.restarts = 0
+        self.kept_programs = kept_programs  # a KeptPrograms, or None: rl.keep_programs is off
         self.requeue: list[int] = []
         self.rerun: set[int] = set()
         # False while the server's weights are not the current version: after a restart, and on a resumed run
@@ -197,6 +203,8 @@ class RolloutRank:
         header = GroupHeader(self.index, group_index, version, rewards, [program_stats(t) for t in trajectories],
                              self.busy_s, self.idle_s, self.weights.take_probe(), requeued=requeued)
         send_group(self.roles.world, 0, trajectory_group(header, trajectories, self.line_marks), self.pending)
+        if self.kept_programs is not None:
+            self.kept_programs.offer(version, group_index, trajectories, rewards)
 
     async def apply(self, update: WeightUpdate) -> None:
         if await self.weights.apply(update, not self.server_died(), self.server_gone):
@@ -291,6 +299,7 @@ def run_rollout(cfg, roles, model_dir: str, out_dir: Path) -> None:
     from transformers import AutoTokenizer
 
     from apr_ds.rollout.client import RolloutClient
+    from apr_ds.rollout.kept_programs import KeptPrograms
     from apr_ds.tasks import get_task
 
     task = get_task(cfg)
@@ -305,7 +314,10 @@ def run_rollout(cfg, roles, model_dir: str, out_dir: Path) -> None:
 
         async def main():
             async with RolloutClient(server.url, timeout_s=cfg.rl.timeout_s) as client:
-                rank = RolloutRank(cfg, roles, client, tokenizer, task, problems, setup, restart_server=server)
+                kept = (KeptPrograms(out_dir, roles.rollout_index, roles.num_rollouts, cfg.rl.keep_programs)
+                        if cfg.rl.keep_programs else None)
+                rank = RolloutRank(cfg, roles, client, tokenizer, task, problems, setup, restart_server=server,
+                                   kept_programs=kept)
                 await rank.weights.join(setup)
                 await rank.loop()
                 await rank.weights.leave()

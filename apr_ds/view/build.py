@@ -24,11 +24,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from apr_ds.errors import UserError
+from apr_ds.rollout.kept_programs import PROGRAMS_DIR
 from apr_ds.rollout.trajectory import Trajectory
 
 TRAJECTORIES_GLOB = "*.trajectories.jsonl"
-PROGRAMS_DIR = "programs"
-"""Where `rl.keep_programs` writes, inside an RL run's folder: one JSONL file per rollout rank."""
 EXTRA_KEYS = ("temperature", "budget", "reward", "version", "rollout", "group")
 """What a line may carry beside the trajectory: eval's setting, or RL's reward, weight version and group."""
 PAGE_DIR = Path(__file__).parent

@@ -15,8 +15,9 @@ from rl_fixtures import TAGS, read_scalars, rl_command, run_rl
 
 def test_two_learners_two_rollout_ranks(sft_run):
     run_dir = sft_run("apr")
-    proc = run_rl(run_dir, "rl.steps=4", "rl.max_staleness=1", "rl.checkpoint.save_every=2")
+    proc = run_rl(run_dir, "rl.steps=4", "rl.max_staleness=1", "rl.checkpoint.save_every=2", "rl.keep_programs=3")
     assert proc.returncode == 0, proc.stderr[-4000:]
+    _check_kept_programs(run_dir, quotas=[2, 1])
     rows = read_scalars(run_dir)
     assert [r["step"] for r in rows] == [1, 2, 3, 4]
     assert all(r["staleness/max"] <= 1 for r in rows)  # every trajectory within eta of the learner's version
@@ -33,6 +34,21 @@ def test_two_learners_two_rollout_ranks(sft_run):
     assert set(TAGS) <= set(events.Tags()["scalars"]), set(TAGS) - set(events.Tags()["scalars"])
     assert (run_dir / "rl" / "checkpoints" / "step_00000004" / "COMPLETE").is_file()
     assert not _servers_of(run_dir)  # every server stopped with its rank
+
+
+def _check_kept_programs(run_dir, quotas):
+    """rl.keep_programs=3 over two rollout ranks: 2 and 1 programs per weight version, one per group, each with its
+    reward and version; `apr-ds view` reads the folder."""
+    from collections import Counter
+    for index, quota in enumerate(quotas):
+        records = [json.loads(line) for line in (run_dir / "rl" / "programs" / f"rollout{index}.jsonl").read_text().splitlines()]
+        assert records and max(Counter(r["version"] for r in records).values()) <= quota
+        assert len({r["group"] for r in records}) == len(records)
+        assert all(r["reward"] == float(r["correct"]) and r["rollout"] == index and r["threads"] for r in records)
+    page = run_dir / "rl" / "programs.html"
+    proc = subprocess.run([sys.executable, "-m", "apr_ds.cli", "view", str(run_dir / "rl"), "--out", str(page)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and page.stat().st_size > 0, proc.stderr[-2000:]
 
 
 def test_a_reward_run_without_kl_trains_only_solved_programs_on_two_learners(sft_run):
@@ -74,6 +90,7 @@ def test_synchronous_mode_and_resume(sft_run):
     second = run_rl(run_dir, "rl.steps=3", "rl.max_staleness=0", "rl.checkpoint.save_every=1", *shaped, learners=1, rollouts=1)
     assert second.returncode == 0, second.stderr[-4000:]
     assert "resumed from" in second.stderr and "step_00000002" in second.stderr
+    assert not (run_dir / "rl" / "programs").exists()  # rl.keep_programs is off by default: nothing is kept
     rows = read_scalars(run_dir)
     assert [r["step"] for r in rows] == [1, 2, 3]
     assert all(r["staleness/max"] == 0 for r in rows)
