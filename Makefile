@@ -37,10 +37,10 @@ sglang: $(SGLANG_STAMP)
 ops: install
 	$(BIN)/python -c "from apr_ds.learner.engine import build_comm_op; build_comm_op()" >/dev/null
 
-# Headless Chromium for the trace viewer's browser tests (tests/browser.py): Debian's package, no browser download.
+# Headless Chromium for the trace viewer's browser tests (tests/browser.py): Debian's package, no browser download;
+# a font so that screenshots show text.
 chromium:
-	@command -v chromium >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
-	@command -v chromium >/dev/null || { echo "chromium did not install: run 'apt-get install chromium' as root" >&2; exit 1; }
+	tools/apt_install.sh chromium fonts-liberation
 
 demo: install ops
 	$(BIN)/apr-ds demo
