@@ -334,6 +334,7 @@
   renderIndex();
   window.addEventListener("hashchange", route);
   route();
+  void document.body.offsetHeight;  // lay the index out now, so that readyAt counts it
   window.viewer = { scriptMs: performance.now() - started, readyAt: performance.now(), open: showProgram, rows: ROWS.length };
   document.body.dataset.ready = "1";
 })();
