@@ -163,11 +163,13 @@ class WeightPublisher:
 
     def publish(self, version: int, checkpoint_dir) -> dict:
         """Every learner rank: bring every server to `version`. Returns the sync's scalars."""
-        started, attempt = time.perf_counter(), 0
+        started, attempt, transfer_s = time.perf_counter(), 0, 0.0
         while True:
             proceed = self._announce(version) if self.is_root else True
             try:  # every learner gathers (collective); only rank 0 broadcasts, and only if every server is ready
+                transfer_started = time.perf_counter()
                 sent, seen = self.send_weights(self.group, self.is_root and proceed)
+                transfer_s += time.perf_counter() - transfer_started
             except RuntimeError as e:  # gloo/NCCL: a server died in the milliseconds since it said Ready
                 raise UserError(f"weight sync of version {version} failed: a server of the weight group died or left "
                                 f"({str(e).splitlines()[0]}); the last checkpoint is in {checkpoint_dir}") from None
@@ -182,7 +184,11 @@ class WeightPublisher:
                     f"{self.rl.timeout_s:.0f}s (rl.timeout_s); see the server logs"))
         if self.is_root:
             self.sent_probes[version] = seen
-        return {"sync/ms": 1000 * (time.perf_counter() - started), "sync/bytes": float(sent)}
+        total_s = time.perf_counter() - started
+        # transfer: the gather and the buckets' broadcast; protocol: everything else a version costs the learners
+        # (the update's announcement, every Ready, Go), which does not shrink with the weights
+        return {"sync/ms": 1000 * total_s, "sync/transfer_ms": 1000 * transfer_s,
+                "sync/protocol_ms": 1000 * (total_s - transfer_s), "sync/bytes": float(sent)}
 
     def scalars(self) -> dict:
         return {"faults/server_restarts": float(self.server_restarts),

@@ -10,7 +10,7 @@ TAGS = ["rollout/reward", "rollout/accuracy", "rollout/children_per_spawn", "rol
         "rollout/total_tokens", "rollout/sequential_tokens", "rollout/acceleration", "rollout/spawn_rate",
         "rollout/latency_p50_s", "rollout/latency_p95_s",
         "rollout/tokens_per_s", "learner/tokens_per_s", "staleness/mean", "staleness/max", "staleness/dropped_groups",
-        "sync/ms", "sync/bytes", "loss/kl", "loss/clip_fraction", "loss/entropy", "learner/idle_fraction",
+        "sync/ms", "sync/transfer_ms", "sync/protocol_ms", "sync/bytes", "loss/kl", "loss/clip_fraction", "loss/entropy", "learner/idle_fraction",
         "rollout/idle_fraction", "loss/behaviour_mismatch", "faults/server_restarts", "faults/requeued_groups",
         "learner/sequences", "learner/trained_sequences"]
 TASK = ["task.num_numbers=2", "task.max_number=30", "task.min_target=10", "task.max_target=40", "task.num_train=400",
