@@ -21,11 +21,11 @@ STARTUP_TIMEOUT_S = 120
 
 
 def save_model(directory, **kwargs):
-    """A random Llama (HF LlamaForCausalLM, eval mode) saved with the domain tokenizer."""
+    """A random model (a transformers causal LM of `family`, default llama; eval mode) saved with the domain tokenizer."""
     import torch
     torch.set_num_threads(1)
-    from apr_ds.engine.toy import save_random_llama
-    return save_random_llama(directory, **kwargs).eval()
+    from apr_ds.engine.toy import save_random_model
+    return save_random_model(directory, **kwargs).eval()
 
 
 @contextmanager

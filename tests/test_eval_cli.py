@@ -12,11 +12,11 @@ from apr_ds.config import load_config
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
     from apr_ds.data.build import build
-    from apr_ds.engine.toy import save_random_llama
+    from apr_ds.engine.toy import save_random_model
     run = tmp_path_factory.mktemp("run")
     build(load_config("tiny", [f"run_dir={run}", "task.num_train=40", "task.num_val=5", "task.num_test=6",
                                "task.num_test_unseen_targets=5", "data.workers=1"]))
-    save_random_llama(run / "model", max_position_embeddings=1024)
+    save_random_model(run / "model", max_position_embeddings=1024)
     return run
 
 

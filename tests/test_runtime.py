@@ -40,9 +40,9 @@ def _pick(data, method, count, want_spawn):
 
 @pytest.fixture(scope="module")
 def toy_model(tmp_path_factory):
-    from apr_ds.engine.toy import save_random_llama
+    from apr_ds.engine.toy import save_random_model
     directory = tmp_path_factory.mktemp("toy")
-    save_random_llama(directory, max_position_embeddings=1024)
+    save_random_model(directory, max_position_embeddings=1024)
     return directory
 
 

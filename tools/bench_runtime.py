@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from apr_ds.config import RolloutConfig, load_config  # noqa: E402
 from apr_ds.data.build import build  # noqa: E402
-from apr_ds.engine.toy import save_random_llama  # noqa: E402
+from apr_ds.engine.toy import save_random_model  # noqa: E402
 from apr_ds.eval.metrics import summarize  # noqa: E402
 from apr_ds.rollout.client import RolloutClient  # noqa: E402
 from apr_ds.rollout.runtime import ProgramRunner  # noqa: E402
@@ -76,7 +76,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         cfg, problems, replay = prepare(work, args.problems)
-        save_random_llama(work / "model", size="5m", max_position_embeddings=1024)
+        save_random_model(work / "model", size="5m", max_position_embeddings=1024)
         tokenizer = AutoTokenizer.from_pretrained(str(work / "model"))
         overrides = [f"engine.replay_file={replay}", "engine.replay_compute=true", f"engine.num_threads={args.threads}"]
         results = {}

@@ -11,11 +11,11 @@ One file per concern (a request's path through them, in order):
     decode_slab.py  running contexts kept contiguous between decode steps (no per-step gather)
     kv_pool.py      KV storage by slot and a reference-counted slot allocator
     runner.py       one forward pass over a ragged batch, then sampling (token ids + log-probs)
-    llama.py        the Llama forward with a paged KV cache; loads HF checkpoints
+    model.py        the Llama / Qwen2 / Qwen3 forward with a paged KV cache; loads HF checkpoints
     detokenizer.py  text, per-token text and stop strings
     sequence.py     request state with asserted invariants
     weights.py      weight-group join, bucket loading, reload from disk
-    toy.py          random Llama checkpoints for tests and benchmarks
+    toy.py          random Llama, Qwen2 and Qwen3 checkpoints for tests and benchmarks
 
 No DeepSpeed here; the only HTTP library is aiohttp, in server.py and endpoints.py.
 """

@@ -158,7 +158,7 @@ class Handlers:
             "preferred_sampling_params": None, "weight_version": self.scheduler.weight_version,
             "load_format": "auto", "reasoning_parser": None, "tool_call_parser": None, "disaggregation_mode": "null",
             "has_image_understanding": False, "has_audio_understanding": False,
-            "model_type": getattr(engine.hf_config, "model_type", "llama"), "architectures": ["LlamaForCausalLM"],
+            "model_type": engine.hf_config.model_type, "architectures": list(engine.hf_config.architectures or []),
         })
 
     async def loads(self, request: web.Request) -> web.Response:

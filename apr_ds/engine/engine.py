@@ -29,7 +29,7 @@ import torch
 from apr_ds.config import EngineConfig
 from apr_ds.engine.detokenizer import Detokenizer
 from apr_ds.engine.kv_pool import KVPool
-from apr_ds.engine.llama import load_model
+from apr_ds.engine.model import load_model
 from apr_ds.engine.runner import ModelRunner
 from apr_ds.engine.scheduler import Scheduler
 from apr_ds.engine.sequence import SamplingParams, Sequence

@@ -16,12 +16,12 @@ from torch.nn.utils.rnn import pad_sequence
 
 from apr_ds.engine.decode_slab import DecodeSlab
 from apr_ds.engine.kv_pool import KVPool
-from apr_ds.engine.llama import Batch, LlamaForCausalLM
+from apr_ds.engine.model import Batch, CausalLM
 from apr_ds.engine.sequence import Sequence
 
 
 class ModelRunner:
-    def __init__(self, model: LlamaForCausalLM, pool: KVPool, seed: int = 0):
+    def __init__(self, model: CausalLM, pool: KVPool, seed: int = 0):
         self.model = model
         self.pool = pool
         self.slab = DecodeSlab(pool)

@@ -21,7 +21,7 @@ from __future__ import annotations
 import torch
 
 from apr_ds.cluster import weight_group
-from apr_ds.engine.llama import LlamaForCausalLM, load_state, read_checkpoint
+from apr_ds.engine.model import CausalLM, load_state, read_checkpoint
 from apr_ds.engine.scheduler import Scheduler
 from apr_ds.errors import UserError
 
@@ -31,7 +31,7 @@ VOCAB_PADDING = 64  # vocab_parallel_embedding.py DEFAULT_VOCAB_PADDING_SIZE
 
 
 class WeightUpdater:
-    def __init__(self, model: LlamaForCausalLM, scheduler: Scheduler, timeout_s: float):
+    def __init__(self, model: CausalLM, scheduler: Scheduler, timeout_s: float):
         self.model = model
         self.scheduler = scheduler
         self.timeout_s = timeout_s

@@ -156,7 +156,7 @@ class Smoke:
         from apr_ds.config import EngineConfig
         if "device" not in {field.name for field in dataclasses.fields(EngineConfig)}:
             return {"ran": False, "note": "apr_ds.engine has no device option: it loads the model on CPU "
-                                          "(engine/llama.py load_model), so its forward was not run on CUDA; "
+                                          "(engine/model.py load_model), so its forward was not run on CUDA; "
                                           "GPU serving is SGLang's"}
         from apr_ds.engine.engine import Engine
         from apr_ds.engine.sequence import SamplingParams

@@ -1,8 +1,13 @@
-"""Llama forward pass over a packed, ragged batch with a paged KV cache (gpt-fast / nano-vllm style).
+"""The forward pass of Llama-family decoders over a packed, ragged batch with a paged KV cache (gpt-fast /
+nano-vllm style): Llama, Qwen2 and Qwen3, chosen by `model_type` in the checkpoint's config.json.
+
+The three differ only in their attention's projections (`FAMILIES`): Qwen2 adds a bias to q, k and v; Qwen3
+normalises each head's q and k (RMSNorm over the head dimension) before RoPE and states its head dimension. Tied
+input and output embeddings are a config flag of any of them.
 
 Parameter names are Hugging Face's (`model.layers.0.self_attn.q_proj.weight`, ...), so an HF
 checkpoint loads with a strict name check, and weight updates and `/get_weights_by_name` use the
-names the learner's HF model has. Numerics follow transformers' LlamaForCausalLM: RMSNorm in
+names the learner's HF model has. Numerics follow transformers' models: RMSNorm in
 float32, RoPE tables computed the same way, SDPA attention.
 
 The tokens of all sequences in a step are packed into one [N] vector, so every linear layer runs
@@ -16,6 +21,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -51,22 +57,47 @@ class RMSNorm(nn.Module):
         return self.weight * x.to(dtype)
 
 
+@dataclass(frozen=True)
+class Family:
+    qkv_bias: bool
+    o_bias: bool
+    qk_norm: bool
+
+
+FAMILIES: dict[str, Callable[[bool], Family]] = {
+    "llama": lambda bias: Family(qkv_bias=bias, o_bias=bias, qk_norm=False),
+    "qwen2": lambda bias: Family(qkv_bias=True, o_bias=False, qk_norm=False),
+    "qwen3": lambda bias: Family(qkv_bias=bias, o_bias=bias, qk_norm=True),
+}
+"""The `model_type`s apr-ds serve runs: how each one's attention differs from Llama's, given the config's
+`attention_bias`, as transformers builds it."""
+
+
+def family_of(cfg) -> Family:
+    return FAMILIES[cfg.model_type](bool(getattr(cfg, "attention_bias", False)))
+
+
 class Attention(nn.Module):
     def __init__(self, cfg):
         super().__init__()
+        family = family_of(cfg)
         self.num_heads, self.num_kv_heads = cfg.num_attention_heads, cfg.num_key_value_heads
         self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
-        bias = bool(getattr(cfg, "attention_bias", False))
-        self.q_proj = nn.Linear(cfg.hidden_size, self.num_heads * self.head_dim, bias=bias)
-        self.k_proj = nn.Linear(cfg.hidden_size, self.num_kv_heads * self.head_dim, bias=bias)
-        self.v_proj = nn.Linear(cfg.hidden_size, self.num_kv_heads * self.head_dim, bias=bias)
-        self.o_proj = nn.Linear(self.num_heads * self.head_dim, cfg.hidden_size, bias=bias)
+        self.q_proj = nn.Linear(cfg.hidden_size, self.num_heads * self.head_dim, bias=family.qkv_bias)
+        self.k_proj = nn.Linear(cfg.hidden_size, self.num_kv_heads * self.head_dim, bias=family.qkv_bias)
+        self.v_proj = nn.Linear(cfg.hidden_size, self.num_kv_heads * self.head_dim, bias=family.qkv_bias)
+        self.o_proj = nn.Linear(self.num_heads * self.head_dim, cfg.hidden_size, bias=family.o_bias)
+        if family.qk_norm:
+            self.q_norm = RMSNorm(self.head_dim, cfg.rms_norm_eps)
+            self.k_norm = RMSNorm(self.head_dim, cfg.rms_norm_eps)
+        else:
+            self.q_norm = self.k_norm = nn.Identity()
 
     def forward(self, x, cos, sin, batch: Batch, k_cache: torch.Tensor, v_cache: torch.Tensor,
                 k_slab: torch.Tensor | None, v_slab: torch.Tensor | None):
         n = x.shape[0]
-        q = apply_rope(self.q_proj(x).view(n, self.num_heads, self.head_dim), cos, sin)
-        k = apply_rope(self.k_proj(x).view(n, self.num_kv_heads, self.head_dim), cos, sin)
+        q = apply_rope(self.q_norm(self.q_proj(x).view(n, self.num_heads, self.head_dim)), cos, sin)
+        k = apply_rope(self.k_norm(self.k_proj(x).view(n, self.num_kv_heads, self.head_dim)), cos, sin)
         v = self.v_proj(x).view(n, self.num_kv_heads, self.head_dim)
         # The pool as rows of one token's K (or V): index_copy_/index_select on rows are ~3x faster
         # than advanced indexing, and the gather below is the largest cost of a big decode step.
@@ -119,7 +150,7 @@ class DecoderLayer(nn.Module):
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
 
 
-class LlamaForCausalLM(nn.Module):
+class CausalLM(nn.Module):
     def __init__(self, cfg):
         super().__init__()
         self.config = cfg
@@ -196,7 +227,7 @@ def read_checkpoint(model_dir: str | Path) -> dict[str, torch.Tensor]:
     return state
 
 
-def load_state(model: LlamaForCausalLM, state: dict[str, torch.Tensor], source: str) -> None:
+def load_state(model: CausalLM, state: dict[str, torch.Tensor], source: str) -> None:
     """Copy a full HF state dict into `model`, refusing missing, unexpected or misshapen tensors."""
     expected = dict(model.named_parameters())
     state = {k: v for k, v in state.items() if not k.endswith("rotary_emb.inv_freq")}  # old checkpoints save it
@@ -204,7 +235,7 @@ def load_state(model: LlamaForCausalLM, state: dict[str, torch.Tensor], source: 
         state.pop("lm_head.weight", None)
     missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
     if missing or unexpected:
-        raise UserError(f"{source} does not match a Llama model: missing {missing[:5]}, unexpected {unexpected[:5]}")
+        raise UserError(f"{source} does not match a {model.config.model_type} model: missing {missing[:5]}, unexpected {unexpected[:5]}")
     for name, tensor in state.items():  # check everything first: a refused update changes nothing
         if tuple(tensor.shape) != tuple(expected[name].shape):
             raise UserError(f"{source}: {name} has shape {tuple(tensor.shape)}, the model expects {tuple(expected[name].shape)}")
@@ -214,14 +245,16 @@ def load_state(model: LlamaForCausalLM, state: dict[str, torch.Tensor], source: 
 
 
 def load_model(model_dir: str | Path, dtype: str = "float32"):
-    """(model, hf_config) for a Llama checkpoint directory."""
+    """(model, hf_config) for a checkpoint directory of a supported family."""
     from transformers import AutoConfig
     try:
         cfg = AutoConfig.from_pretrained(str(model_dir))
     except (OSError, ValueError) as e:
         raise UserError(f"cannot read a Hugging Face config from {model_dir}: {e}") from None
-    if cfg.model_type != "llama":
-        raise UserError(f"{model_dir} is a {cfg.model_type!r} model; apr-ds serve runs Llama models only")
+    if cfg.model_type not in FAMILIES:
+        raise UserError(f"{model_dir} is a {cfg.model_type!r} model; apr-ds serve runs {', '.join(FAMILIES)} models")
+    if getattr(cfg, "use_sliding_window", False):  # every layer attends to the whole context here
+        raise UserError(f"{model_dir}: sliding-window attention (use_sliding_window) is not supported by apr-ds serve")
     if dtype == "auto":
         torch_dtype = getattr(cfg, "dtype", None) or getattr(cfg, "torch_dtype", None) or torch.float32
         torch_dtype = getattr(torch, torch_dtype) if isinstance(torch_dtype, str) else torch_dtype
@@ -230,7 +263,7 @@ def load_model(model_dir: str | Path, dtype: str = "float32"):
     else:
         raise UserError(f"engine.dtype={dtype!r}: use float32, bfloat16, float16 or auto")
     with torch.device("meta"):
-        model = LlamaForCausalLM(cfg)
+        model = CausalLM(cfg)
     model = model.to_empty(device="cpu")
     cos, sin = rope_tables(cfg)  # buffers were on meta: recompute
     model.rope_cos, model.rope_sin = cos, sin
