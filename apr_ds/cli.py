@@ -3,7 +3,7 @@
     apr-ds data  --preset tiny [key=value ...]     problems -> solver traces -> SFT sequences + tokenizer
     apr-ds sft   --preset tiny [key=value ...]     SFT with DeepSpeed ZeRO-3 (launchers: apr_ds/learner/sft.py)
     apr-ds export CKPT OUT                         a checkpoint -> a Hugging Face model directory
-    apr-ds serve --model DIR [--port P] [key=value ...]   a Llama checkpoint behind SGLang's HTTP API (CPU)
+    apr-ds serve --model DIR [--port P] [key=value ...]   a Llama, Qwen2 or Qwen3 checkpoint behind SGLang's HTTP API (CPU)
     apr-ds compare A.json B.json [--windows 512 768]   two eval runs paired problem by problem
     apr-ds view PATH [PATH2] --out page.html       programs (eval's or RL's) as one self-contained HTML page
 """
@@ -27,7 +27,7 @@ COMMANDS = {
     "rl": ("apr_ds.launch", "asynchronous GRPO: ZeRO-3 learner ranks + rollout ranks running spawn/join programs"),
     "sft": ("apr_ds.learner.sft", "supervised fine-tuning on the traces (DeepSpeed ZeRO-3; run under a launcher for many ranks)"),
     "export": ("apr_ds.learner.export", "write a Hugging Face model directory from an SFT/RL checkpoint"),
-    "serve": ("apr_ds.engine.server", "serve a Hugging Face Llama checkpoint over SGLang's HTTP protocol (CPU)"),
+    "serve": ("apr_ds.engine.server", "serve a Hugging Face Llama, Qwen2 or Qwen3 checkpoint over SGLang's HTTP protocol (CPU)"),
 }
 
 

@@ -1,4 +1,4 @@
-"""`apr-ds serve`: a Hugging Face Llama checkpoint on CPU, behind SGLang's HTTP protocol.
+"""`apr-ds serve`: a Hugging Face Llama, Qwen2 or Qwen3 checkpoint on CPU, behind SGLang's HTTP protocol.
 
     apr-ds serve --model DIR [--host 127.0.0.1] [--port 30000] [--api-key K] [engine.key=value ...]
     python -m apr_ds.cli serve --model /tmp/tiny-llama engine.num_threads=2 engine.kv_cache_tokens=65536
@@ -34,7 +34,7 @@ from apr_ds.errors import UserError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", required=True, help="a Hugging Face Llama checkpoint directory")
+    parser.add_argument("--model", required=True, help="a Hugging Face Llama, Qwen2 or Qwen3 checkpoint directory")
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
     parser.add_argument("--port", type=int, default=30000, help="port to listen on (SGLang's default 30000)")
     parser.add_argument("--api-key", default=None, help="require `Authorization: Bearer KEY` on every request")
