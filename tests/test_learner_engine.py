@@ -120,8 +120,8 @@ def test_every_preset_has_a_consistent_rl_section(preset):
 
 
 def test_weight_decay_skips_norm_gains():
-    from apr_ds.model import build_model, llama_config
-    model = build_model(llama_config("tiny", 64, context=16), seed=0)
+    from apr_ds.model import build_model, config_for_preset
+    model = build_model(config_for_preset("tiny", 64, context=16), seed=0)
     decay, no_decay = param_groups(model, 0.01)
     assert decay["weight_decay"] == 0.01 and no_decay["weight_decay"] == 0.0
     assert all(p.dim() == 2 for p in decay["params"]) and all(p.dim() == 1 for p in no_decay["params"])

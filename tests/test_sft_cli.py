@@ -58,18 +58,18 @@ def test_resume_from_an_incomplete_checkpoint(capsys, run_dir):
 
 
 def test_init_model_that_does_not_fit(capsys, run_dir, tmp_path):
-    from apr_ds.model import build_model, llama_config, save_hf
+    from apr_ds.model import build_model, config_for_preset, save_hf
 
     code, err = run_cli(capsys, "sft", "--preset", "tiny", f"run_dir={run_dir}", f"sft.init_model={tmp_path}/none/{{method}}")
     assert code == 2 and f"{tmp_path}/none/sosp is not a model directory" in err
 
     tokenizer_dir = run_dir / "data" / "tokenizer"
-    config = llama_config("cpu", _vocab(run_dir))
+    config = config_for_preset("cpu", _vocab(run_dir))
     model = save_hf(build_model(config, seed=0).state_dict(), config, tmp_path / "cpu_shaped", tokenizer_dir)
     code, err = run_cli(capsys, "sft", "--preset", "tiny", f"run_dir={run_dir}", f"sft.init_model={model}")
     assert code == 2 and "does not have the model preset's shape: hidden_size 192 (preset 128)" in err
 
-    config = llama_config("tiny", _vocab(run_dir))
+    config = config_for_preset("tiny", _vocab(run_dir))
     model = save_hf(build_model(config, seed=0).state_dict(), config, tmp_path / "other_tokenizer", tokenizer_dir)
     (model / "tokenizer.json").write_text((model / "tokenizer.json").read_text() + " ")
     code, err = run_cli(capsys, "sft", "--preset", "tiny", f"run_dir={run_dir}", f"sft.init_model={model}")
@@ -83,9 +83,9 @@ def _vocab(run_dir):
 
 def test_init_model_with_truncated_weights(capsys, run_dir, tmp_path):
     """Named before any process group exists, not as safetensors' traceback from inside the engine build."""
-    from apr_ds.model import build_model, llama_config, save_hf
+    from apr_ds.model import build_model, config_for_preset, save_hf
 
-    config = llama_config("tiny", _vocab(run_dir))
+    config = config_for_preset("tiny", _vocab(run_dir))
     model = save_hf(build_model(config, seed=0).state_dict(), config, tmp_path / "cut", run_dir / "data" / "tokenizer")
     weights = model / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:-100])

@@ -71,7 +71,7 @@ def main(argv=None) -> int:
     from apr_ds.learner.loss import LossSettings
     from apr_ds.learner.batch import build_shares
     from apr_ds.learner.grpo_step import train_step
-    from apr_ds.model import build_model, llama_config
+    from apr_ds.model import build_model, config_for_preset
 
     cfg = load_config("cpu", ["rl.advantage=reward", "rl.beta=0"])
     rl = cfg.rl
@@ -79,7 +79,7 @@ def main(argv=None) -> int:
     torch.set_num_threads(1)
     init_distributed()
     vocab = len(vocabulary())
-    engine = build_engine(build_model(llama_config("cpu", vocab, cfg.rollout.max_context), seed=0), rl.optim,
+    engine = build_engine(build_model(config_for_preset("cpu", vocab, cfg.rollout.max_context), seed=0), rl.optim,
                           rl.steps * rl.ppo_epochs, ds_config)
     groups = [group for group in rollout_batch(args, vocab) if any(group.header.rewards)]
     # build_shares at beta > 0 sends every sequence of these groups: the learner at beta 0 before it skipped

@@ -170,12 +170,13 @@ def gather_state_dict(engine) -> dict:
 def export_checkpoint(path: Path, out_dir: Path) -> Path:
     """A complete checkpoint -> a Hugging Face model directory (fp32 master weights). One process, no GPU."""
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
-    from transformers import LlamaConfig
+    from transformers import AutoConfig
 
     from apr_ds.model import save_hf
 
     if not is_complete(path):
         raise UserError(f"{path} is not a complete checkpoint (no {MARKER} marker)")
     state_dict = get_fp32_state_dict_from_zero_checkpoint(str(path.parent), tag=path.name)
-    config = LlamaConfig.from_json_file(str(path / "model_config.json"))
+    saved = json.loads((path / "model_config.json").read_text())
+    config = AutoConfig.for_model(saved.pop("model_type", "llama"), **saved)
     return save_hf(state_dict, config, out_dir, tokenizer_dir=path / "tokenizer")

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from apr_ds.model import BOS_ID, EOS_ID, PAD_ID, build_model
+from apr_ds.model import BOS_ID, EOS_ID, PAD_ID, build_model, load_weights
 
 
 def load_probe_problems(task, data_dir: Path, count: int) -> list:
@@ -50,7 +50,7 @@ class GreedyProbe:
 
         weights = gather_state_dict(engine)
         model = self._local_model(engine.device)
-        model.load_state_dict(weights)
+        load_weights(model, weights)
         mine = list(range(rank, len(self.problems), world_size))
         completions = greedy_complete(model, [self.prompt_ids[i] for i in mine], self.context, engine.device)
         results = []

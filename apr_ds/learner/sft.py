@@ -59,7 +59,7 @@ def train(cfg, resume: str = "auto", stop_after: int | None = None) -> dict:
     from apr_ds.data.dataset import BatchPlan, load_sft_data
     from apr_ds.learner.checkpoint import resolve_resume
     from apr_ds.learner.engine import close_distributed, init_distributed, load_ds_config, world_size_from_env
-    from apr_ds.model import llama_config
+    from apr_ds.model import config_for_preset
 
     sft = cfg.sft
     out = Path(cfg.run_dir) / "sft" / sft.method
@@ -67,7 +67,8 @@ def train(cfg, resume: str = "auto", stop_after: int | None = None) -> dict:
     # Bad input stops here, before any process group or model exists.
     ds_config = load_ds_config(sft.deepspeed, sft.optim, sft.global_batch, world_size, "sft")
     data = load_sft_data(Path(cfg.run_dir) / "data", sft.method)
-    model_config = llama_config(cfg.model.preset, data.vocab_size, cfg.model.context)
+    model_config = config_for_preset(cfg.model.preset, data.vocab_size, cfg.model.context, cfg.model.family,
+                                     cfg.model.tie_embeddings)
     context = model_config.max_position_embeddings
     plan = BatchPlan(data.train.lengths(context), sft.global_batch, sft.deepspeed.micro_batch, world_size, sft.seed,
                      sft.bucket_steps)
@@ -99,7 +100,7 @@ def check_init_model(sft, data, model_config) -> Path | None:
         raise UserError(f"sft.init_model: {path} has a different tokenizer from the data's; continued SFT needs the same one")
     saved = json.loads((path / "config.json").read_text())
     expected = model_config.to_dict()
-    keys = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
+    keys = ("model_type", "vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
             "intermediate_size", "max_position_embeddings", "tie_word_embeddings")
     differ = [f"{k} {saved.get(k)} (preset {expected.get(k)})" for k in keys if saved.get(k) != expected.get(k)]
     if differ:

@@ -56,7 +56,7 @@ def main(mode: str) -> None:
     from apr_ds.learner.engine import init_distributed, load_ds_config
     from apr_ds.learner.grpo_step import train_step
     from apr_ds.learner.loss import LossSettings
-    from apr_ds.model import build_model, llama_config
+    from apr_ds.model import build_model, config_for_preset
 
     vocab = 64
     rl = RLConfig(ppo_epochs=2, temperature=0.7, advantage="reward", beta=0.0)
@@ -66,7 +66,7 @@ def main(mode: str) -> None:
     init_distributed()
 
     def fresh_engine():
-        model = build_model(llama_config("tiny", vocab, context=64), seed=0).train()
+        model = build_model(config_for_preset("tiny", vocab, context=64), seed=0).train()
         engine, *_ = deepspeed.initialize(model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.5),
                                           config=ds_config)
         return engine
@@ -99,7 +99,7 @@ def main(mode: str) -> None:
     whole, whole_counts = build_shares(batch, 1, beta=1.0, advantage="reward")
     skipped, skipped_counts = build_shares(batch, 1, beta=0.0, advantage="reward")
     renormalised = dataclasses.replace(skipped[0], num_sequences=skipped_counts.trained_sequences)
-    initial = build_model(llama_config("tiny", vocab, context=64), seed=0).state_dict()
+    initial = build_model(config_for_preset("tiny", vocab, context=64), seed=0).state_dict()
     reference = trained(whole[0])
 
     def largest_difference(state: dict) -> float:

@@ -1,0 +1,43 @@
+"""A tiny Qwen3 with tied embeddings through the pipeline: `apr-ds sft` trains it from scratch (model.family=qwen3)
+under DeepSpeed ZeRO-3, the export is a transformers Qwen3 directory, `apr-ds eval` serves it on our engine, and
+`apr-ds rl` syncs its weights: the tied output layer is never sent (the learner names the matrix once, as the
+embedding), and the server's read-back of `lm_head.weight` after each sync equals the embedding that was sent."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+
+def apr_ds(*args, timeout=900):
+    proc = subprocess.run([sys.executable, "-m", "apr_ds.cli", *map(str, args)], capture_output=True, text=True,
+                          timeout=timeout)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+@pytest.mark.slow  # SFT, an eval server and an RL job: about a minute on 2 cores
+def test_a_tied_qwen3_trains_serves_evaluates_and_syncs_its_weights(tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    run = tmp_path / "run"
+    apr_ds("data", "--preset", "tiny", f"run_dir={run}", "task.num_train=300", "data.workers=1")
+    apr_ds("sft", "--preset", "tiny", f"run_dir={run}", "model.family=qwen3", "model.tie_embeddings=true",
+           "sft.method=apr", "sft.steps=10", "sft.eval_every=10", "sft.checkpoint.save_every=10")
+    hf = run / "sft" / "apr" / "hf"
+    saved = json.loads((hf / "config.json").read_text())
+    assert saved["model_type"] == "qwen3" and saved["tie_word_embeddings"] is True
+    model = AutoModelForCausalLM.from_pretrained(hf)
+    assert type(model).__name__ == "Qwen3ForCausalLM" and model.lm_head.weight is model.model.embed_tokens.weight
+
+    apr_ds("eval", "--preset", "tiny", f"run_dir={run}", "--model", hf, "--method", "apr", "eval.num_problems=3")
+    assert json.loads((run / "eval" / "apr.json").read_text())["settings"][0]["problems"] == 3
+
+    apr_ds("rl", "--preset", "tiny", f"run_dir={run}", f"rl.init_model={hf}", "rl.method=apr", "rl.steps=4",
+           "rl.prompts_per_step=2", "rl.group_size=2", "rollout.max_context=256", "rl.checkpoint.save_every=4")
+    rows = [json.loads(line) for line in (run / "rl" / "scalars.jsonl").read_text().splitlines()]
+    # every version read back before the run ended (lm_head.weight among the probes) matched what was sent
+    assert rows[-1]["sync/checked_versions"] >= 1 and rows[-1]["sync/mismatched_versions"] == 0
+    assert rows[-1]["sync/bytes"] < sum(p.numel() for p in model.parameters()) * 4 + 1  # the tied matrix sent once
+    assert (run / "rl" / "hf" / "config.json").is_file()
