@@ -46,10 +46,12 @@ Schedule = Literal["cosine", "constant"]
 LossAgg = Literal["token_mean", "token_sum"]
 Advantage = Literal["group_norm", "group_mean", "reward"]
 Server = Literal["ours", "sglang", "url"]
-TaskName = Literal["countdown"]
+TaskName = Literal["countdown", "sudoku"]
 Heuristic = Literal["mult", "sum"]
+SudokuCellChoice = Literal["most_constrained", "first_blank"]
 OverLength = Literal["drop", "keep"]
 ModelPreset = Literal["tiny", "cpu", "paper"]
+ModelFamily = Literal["llama", "qwen2", "qwen3"]
 Split = Literal["train", "val", "test", "test_unseen_targets"]
 ServingDtype = Literal["float32", "bfloat16", "float16", "auto"]
 
@@ -123,7 +125,8 @@ class TaskConfig:
     """The problem distribution and its splits."""
 
     name: TaskName = "countdown"
-    """Which task. Only `countdown` exists so far."""
+    """Which task: `countdown` or `sudoku` (apr_ds/tasks/). The `num_*` counts, `unseen_target_fraction` and `seed`
+    are every task's; the other fields are named after the one task that reads them."""
     num_numbers: int = 4
     """How many input numbers a problem has."""
     min_number: int = 1
@@ -140,8 +143,15 @@ class TaskConfig:
     num_test_unseen_targets: int = 1_000
     """Problems whose targets never occur in train (Stream of Search's held-out targets)."""
     unseen_target_fraction: float = 0.1
-    """Fraction of the target range held out of train/val/test for `test_unseen_targets`."""
+    """Fraction of the target range held out of train/val/test for `test_unseen_targets` (Sudoku: of the solved
+    grids, a puzzle's solution playing the target's part)."""
     seed: int = 42
+    sudoku_size: int = 4
+    """Sudoku's grid side: 4 (boxes of 2x2), 6 (boxes of two rows by three columns) or 9 (3x3)."""
+    sudoku_blanks: int = 10
+    """Sudoku's difficulty: the blank cells of every puzzle (each puzzle still has exactly one solution). At most
+    the size's cells minus the fewest givens a single-solution puzzle has (12 at 4x4, 28 at 6x6, 64 at 9x9); near
+    that bound almost no solved grid can be blanked that far, and `apr-ds data` stops with a message."""
 
     def validate(self, key: str) -> None:
         check = _Ranges(self, key)
@@ -154,6 +164,10 @@ class TaskConfig:
             check.at_least(split, 0)
         check.rule("unseen_target_fraction", 0 <= self.unseen_target_fraction < 1, "in [0, 1)",
                    " (1 leaves no targets for train, val and test)")
+        from apr_ds.tasks.sudoku import MIN_GIVENS, SIZES, max_blanks
+        check.rule("sudoku_size", self.sudoku_size in SIZES, " or ".join(str(s) for s in SIZES))
+        check.between("sudoku_blanks", 1, max_blanks(self.sudoku_size), f" (a {self.sudoku_size}x{self.sudoku_size} "
+                      f"puzzle with one solution keeps at least {MIN_GIVENS[self.sudoku_size]} givens)")
 
 
 @dataclass
@@ -174,10 +188,17 @@ class SolverConfig:
     apr_max_child_beam: int = 15
     """APR child beam width is drawn uniformly from beam..apr_max_child_beam."""
     spawn_probability: float = 0.9
-    """Chance that the APR main thread spawns at an eligible expansion (>= 2 non-terminal children).
-    The reference code uses 0.9; the paper's text says 10%. 0.9 reproduces the released data."""
+    """Chance that the APR main thread spawns at an eligible expansion (Countdown: >= 2 non-terminal children;
+    Sudoku: a branching cell). The reference code uses 0.9; the paper's text says 10%. 0.9 reproduces the released data."""
     max_spawn_depth: int = 1
     """1 = only the main thread spawns (APR). 2+ lets children spawn too (nested; off by default)."""
+    sudoku_max_children: int = 4
+    """Sudoku APR: a branching cell with more candidates than this is searched sequentially, not spawned on
+    (a spawn starts one child per candidate)."""
+    sudoku_cell_choice: SudokuCellChoice = "most_constrained"
+    """The cell a Sudoku search fills next: `most_constrained` (the fewest candidates) or `first_blank` (row-major
+    order). Most constrained first solves every 4x4 puzzle with one solution, and most 6x6 ones below ~24 blanks,
+    without ever branching, so their traces hold no search; first blank branches and backtracks on them."""
 
     def validate(self, key: str) -> None:
         check = _Ranges(self, key)
@@ -189,6 +210,7 @@ class SolverConfig:
         check.between("sosp_subsearch_probability", 0, 1)
         check.between("spawn_probability", 0, 1)
         check.at_least("max_spawn_depth", 0)
+        check.at_least("sudoku_max_children", 2, " (a branching cell has at least 2 candidates)")
 
 
 @dataclass
@@ -222,10 +244,15 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    """The Llama model (apr_ds/model.py presets; apr-reference §3)."""
+    """The model SFT trains from scratch (apr_ds/model.py presets; apr-reference §3)."""
 
     preset: ModelPreset = "tiny"
     """Named shape: `tiny` (~1M params), `cpu` (~2M), `paper` (18 layers, d=1024: 228M non-embedding)."""
+    family: ModelFamily = "llama"
+    """`llama` (the paper's), `qwen2` (adds q/k/v biases) or `qwen3` (adds per-head q/k RMSNorm): the families that
+    followed APR start from Qwen models, and our server runs all three."""
+    tie_embeddings: bool = False
+    """One matrix for the input embedding and the output layer (small Qwen models tie them)."""
     context: int | None = None
     """Maximum sequence length in tokens; None = the preset's (tiny 512, cpu 768, paper 4096). Longer sequences are truncated."""
 
@@ -406,9 +433,10 @@ class RolloutConfig:
     top_p: float = 1.0
     top_k: int = -1
     check_spawned_numbers: bool = False
-    """True: a spawn whose node's numbers do not follow from its parent fails the program. False (the reference
-    runtime): the child starts from the state the parent claimed; the strict verifier still replays the
-    solution path from the prompt, so a wrong step can never count as a solve."""
+    """True: a spawn whose child's state does not follow from its parent's (Countdown: the node's numbers; Sudoku: a
+    placement on a filled cell or one that repeats a digit) fails the program. False (the reference runtime): the
+    child starts from the state the parent claimed; the strict verifier still checks the answer against the
+    problem itself, so a wrong step can never count as a solve."""
     sequential_children: bool = False
     """Run a spawn's children one after another instead of concurrently (for measuring what concurrency buys)."""
     concurrency: int = 16

@@ -25,9 +25,9 @@ def test_presets_load_and_differ():
 def test_every_preset_rolls_out_within_the_context_of_the_model_it_trains(preset):
     """A preset whose rollout limit exceeds its own model's context cannot run rl or eval: the server refuses it."""
     from apr_ds.data.tokenizer import vocabulary
-    from apr_ds.model import llama_config
+    from apr_ds.model import config_for_preset
     cfg = load_config(preset)
-    context = llama_config(cfg.model.preset, len(vocabulary()), context=cfg.model.context).max_position_embeddings
+    context = config_for_preset(cfg.model.preset, len(vocabulary()), context=cfg.model.context).max_position_embeddings
     assert cfg.rollout.max_context <= context
     assert cfg.data.max_seq_len <= context
 
@@ -132,11 +132,11 @@ def test_rl_checks_the_rollout_limit_against_its_models_context_before_starting_
 def test_the_paper_preset_matches_apr_ref():
     """apr-reference §1-5: 4 numbers in 1..99, targets 10..100; a 228M Llama at 4,096 tokens; SFT batch 256,
     lr 5e-5, 19k steps; GRPO 64 prompts x 5 rollouts, lr 1e-5, 150 steps. Not run here (no GPU): validated."""
-    from apr_ds.model import count_parameters, llama_config
+    from apr_ds.model import count_parameters, config_for_preset
     paper = load_config("paper")
     assert (paper.task.num_numbers, paper.task.min_number, paper.task.max_number) == (4, 1, 99)
     assert (paper.task.min_target, paper.task.max_target) == (10, 100)
-    model = llama_config(paper.model.preset, vocab_size=1117, context=paper.model.context)
+    model = config_for_preset(paper.model.preset, vocab_size=1117, context=paper.model.context)
     assert model.max_position_embeddings == 4096 and paper.data.max_seq_len == 4096
     assert count_parameters(model) == 227_709_952
     sft = paper.sft
@@ -163,7 +163,7 @@ def test_the_paper_preset_matches_apr_ref():
     ("solver.heuristic=max", "solver.heuristic must be mult or sum, got 'max'"),
     ("engine.dtype=double", "engine.dtype must be float32 or bfloat16 or float16 or auto, got 'double'"),
     ("model.preset=huge", "model.preset must be tiny or cpu or paper, got 'huge'"),
-    ("task.name=sudoku", "task.name must be countdown, got 'sudoku'"),
+    ("task.name=chess", "task.name must be countdown or sudoku, got 'chess'"),
     ("eval.split=tests", "eval.split must be train or val or test or test_unseen_targets, got 'tests' (did you mean 'test'?)"),
 ])
 def test_a_choice_outside_its_literal_names_the_key_and_the_choices(override, message):

@@ -99,11 +99,11 @@ def train_steps(forward, backward, step, batches, args, sync=lambda: None):
 def run_torch(args) -> dict:
     import torch
     from apr_ds.learner.engine import param_groups
-    from apr_ds.model import build_model, llama_config
+    from apr_ds.model import build_model, config_for_preset
 
     torch.set_num_threads(args.torch_threads)
     sft = sft_config(args, args.global_batch)
-    model = build_model(llama_config(args.preset, args.vocab, args.seq_len), seed=0).train()
+    model = build_model(config_for_preset(args.preset, args.vocab, args.seq_len), seed=0).train()
     optim = sft.optim
     opt = torch.optim.AdamW(param_groups(model, optim.weight_decay), lr=optim.lr, betas=(optim.beta1, optim.beta2))
     batches = [synthetic_batch(args, args.global_batch, seed=0)]
@@ -122,14 +122,14 @@ def zero3_worker(args) -> None:
     import torch
     import torch.distributed as dist
     from apr_ds.learner.engine import build_engine, init_distributed, load_ds_config, world_size_from_env
-    from apr_ds.model import build_model, llama_config
+    from apr_ds.model import build_model, config_for_preset
 
     world = world_size_from_env()
     sft = sft_config(args, args.global_batch // world)
     ds_config = load_ds_config(sft.deepspeed, sft.optim, sft.global_batch, world, "sft")
     init_distributed()
     rank = dist.get_rank()
-    engine = build_engine(build_model(llama_config(args.preset, args.vocab, args.seq_len), seed=0), sft.optim, sft.steps,
+    engine = build_engine(build_model(config_for_preset(args.preset, args.vocab, args.seq_len), seed=0), sft.optim, sft.steps,
                           ds_config)
     ids, labels = synthetic_batch(args, args.global_batch, seed=0)
     mine = [(ids[rank::world], labels[rank::world])]  # each rank: its half of the same global batch

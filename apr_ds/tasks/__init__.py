@@ -6,9 +6,10 @@
 
 from apr_ds.errors import UserError
 from apr_ds.tasks.countdown_task import CountdownTask
+from apr_ds.tasks.sudoku_task import SudokuTask
 from apr_ds.tasks.task import Task
 
-TASKS: dict[str, type[Task]] = {"countdown": CountdownTask}
+TASKS: dict[str, type[Task]] = {"countdown": CountdownTask, "sudoku": SudokuTask}
 
 
 def get_task(cfg) -> Task:
