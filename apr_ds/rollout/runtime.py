@@ -84,16 +84,22 @@ class ProgramRunner:
             if segment is None:
                 break
             out_text = self.decode(segment.output_ids)
-            if segment.finish_reason == "stop" and out_text.endswith(JOIN_OPEN):
+            stop_at = _past_stop(out_text, sampling.get("stop", ())) if segment.finish_reason == "stop" else None
+            if stop_at is not None and out_text[:stop_at].endswith(JOIN_OPEN):
                 # The model began writing join results itself: keep what precedes them and call the spawn instead.
-                keep = self._tokens_before(segment.output_ids, len(out_text) - len(JOIN_OPEN))
-                segment.output_ids, segment.logprobs = segment.output_ids[:keep], segment.logprobs[:keep]
-                segment.finish_reason = "spawn_stop"
-                text = text + self.decode(segment.output_ids) + CALL_OPEN
-                context = self.encode(text)
+                self._cut(segment, stop_at - len(JOIN_OPEN), "spawn_stop")
+                text = text + out_text[:stop_at - len(JOIN_OPEN)] + CALL_OPEN
+                context = self._continue(context + segment.output_ids, text)
                 continue
-            text += out_text
-            context = context + segment.output_ids
+            if stop_at is not None and out_text[stop_at:].strip("\n"):
+                # A token ran past the stop string (BPE merges can span it): the text after it was never meant
+                # to be written. Keep the whole tokens before the stop string and write its remainder as text.
+                self._cut(segment, stop_at, "stop")
+                text += out_text[:stop_at]
+                context = self._continue(context + segment.output_ids, text)
+            else:
+                text += out_text
+                context = context + segment.output_ids
             if segment.finish_reason == "abort" and len(thread.segments) < max_segments + MAX_RESUMES:
                 continue  # paused for a weight update (pause mode abort): go on from here with the new weights
             if segment.finish_reason == "length":
@@ -106,7 +112,7 @@ class ProgramRunner:
                 thread.status, thread.error = "failed", "spawned, but this method does not run spawns"
             else:
                 text = await self._spawn(trajectory, thread, text, token_budget, sampling)
-                context = self.encode(text)
+                context = self._continue(context, text)
         thread.text = text
         return thread
 
@@ -164,3 +170,33 @@ class ProgramRunner:
         while k > 0 and len(self.decode(ids[:k])) > chars:
             k -= 1
         return k
+
+    def _cut(self, segment: Segment, chars: int, finish_reason: str) -> None:
+        """Keep the sampled tokens that lie wholly within the output's first `chars` characters."""
+        keep = self._tokens_before(segment.output_ids, chars)
+        segment.output_ids, segment.logprobs = segment.output_ids[:keep], segment.logprobs[:keep]
+        segment.finish_reason = finish_reason
+
+    def _continue(self, context: list[int], text: str) -> list[int]:
+        """The ids of `text`, which the runtime made by rewriting the end of a thread whose ids were `context` (a
+        join replacing a spawn block, or a cut): the context's own tokens for as long as they spell the start of
+        `text`, then the rest of `text` encoded. The tokens the model sampled stay as it sampled them, so the
+        server's prefix cache still holds the parent's context. Encoding all of `text` afresh would give the same
+        ids with the domain tokenizer (a new line starts a new token), but not with a BPE whose merges cross line
+        ends: there the parent's earlier tokens would be re-split, and its context would miss the cache."""
+        body = context[1:]  # after <s>
+        low, high = 0, len(body)  # the tokens body[:low] spell a start of `text`; find the most that do
+        while low < high:
+            middle = (low + high + 1) // 2
+            if text.startswith(self.decode(body[:middle])):
+                low = middle
+            else:
+                high = middle - 1
+        kept = self.decode(body[:low])
+        return context[:1 + low] + self.tokenizer(text[len(kept):], add_special_tokens=False)["input_ids"]
+
+
+def _past_stop(text: str, stops) -> int | None:
+    """Where the first stop string in `text` ends, or None if there is none."""
+    ends = [text.find(stop) + len(stop) for stop in stops if stop in text]
+    return min(ends) if ends else None
