@@ -38,6 +38,9 @@ class WeightUpdater:
         self.groups: dict[str, torch.distributed.ProcessGroup] = {}
         # every name a parameter answers to, tied ones included (lm_head.weight and embed_tokens.weight)
         self.parameters = dict(model.named_parameters(remove_duplicate=False))
+        # what /get_weights_by_name answers: each tensor under its first name only, as SGLang, which refuses a tied
+        # output layer's name (its models look names up in named_parameters())
+        self.readable = dict(model.named_parameters())
         self.session_open = False
 
     def begin_update(self) -> tuple[bool, str]:
@@ -102,7 +105,7 @@ class WeightUpdater:
         """SGLang's `/get_weights_by_name` (models/llama.py `get_weights_by_name`): the first `truncate_size` rows,
         as float32 nested lists. SGLang stores the vocabulary-sized matrices with their rows padded with zeros to a
         multiple of 64 (layers/vocab_parallel_embedding.py `pad_vocab_size`) and answers with the padding."""
-        param = self.parameters.get(name)
+        param = self.readable.get(name)
         if param is None:
             return None
         rows = param.detach()[:truncate_size].float()

@@ -170,7 +170,7 @@ def setup(cfg, roles, model_dir: str, out: Path, resume: str, ds_config: dict) -
         save_config(cfg, out)
         inbox = Inbox(roles.world, rl.timeout_s, dropped_groups=state["dropped_groups"])
     plan = weight_plan(engine, rl.bucket_mb * 2**20)
-    probes = probe_names(plan, tied_embeddings=model_config.tie_word_embeddings)
+    probes = probe_names(plan)
     publisher = WeightPublisher(roles, rl, plan_metadata(plan), probes,
                                 lambda group, is_sender: broadcast_weights(plan, group, is_sender, probes),
                                 drain=inbox.drain if inbox else lambda: None)

@@ -21,14 +21,10 @@ def plan_metadata(plan) -> list[dict]:
     return [bucket_metadata(bucket) for bucket in plan]
 
 
-TIED_OUTPUT, EMBEDDING = "lm_head.weight", "model.embed_tokens.weight"
-
-
-def probe_names(plan, tied_embeddings: bool = False) -> list[str]:
-    """Parameters whose first rows both sides compare after each sync: the first and the last of the plan, and with
-    tied embeddings the output layer, which is never sent (the learner names the tied matrix once, as the embedding):
-    the server must report the embedding's rows under its name too."""
-    return [plan[0][0][0], plan[-1][-1][0]] + ([TIED_OUTPUT] if tied_embeddings else [])
+def probe_names(plan) -> list[str]:
+    """Parameters whose first rows both sides compare after each sync: the first and the last of the plan. (A tied
+    output layer is not among them: SGLang refuses `lm_head.weight` by name when it is the embedding's tensor.)"""
+    return [plan[0][0][0], plan[-1][-1][0]]
 
 
 def broadcast_weights(plan, group, is_sender: bool, probes: list[str] = (), rows: int = 2) -> tuple[int, dict]:
@@ -45,6 +41,4 @@ def broadcast_weights(plan, group, is_sender: bool, probes: list[str] = (), rows
                 broadcast_tensors(group, [p.data for p in params])
                 sent += sum(p.numel() * p.element_size() for p in params)
                 seen.update({name: p.data[:rows].float().tolist() for name, p in bucket if name in probes})
-                seen.update({TIED_OUTPUT: p.data[:rows].float().tolist() for name, p in bucket
-                             if name == EMBEDDING and TIED_OUTPUT in probes})
     return sent, seen

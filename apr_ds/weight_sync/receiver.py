@@ -32,6 +32,7 @@ class WeightReceiver:
         """`client`: the server's RolloutClient; `admit`: set while the rank may send generation requests."""
         self.client, self.world, self.index, self.admit = client, world, rollout_index, admit
         self.in_group = False
+        self.can_read_back = True
         self.probe: tuple[int, dict] | None = None
         """(version, {name: first rows}) read back after the latest update, shipped once with the next group."""
 
@@ -81,9 +82,8 @@ class WeightReceiver:
                 await self.receive(update)
             if ready:
                 await self.client.continue_generation()
-            if received:  # read back what the server now holds; learner rank 0 checks it against what it sent
-                self.probe = (update.version, {name: await self.client.get_weights_by_name(name, truncate_size=2)
-                                               for name in update.probes})
+            if received and self.can_read_back:  # read back what the server holds; learner rank 0 checks it
+                self.probe = await self.read_back(update)
         except ServerError as e:
             if e.status is not None or not await server_gone():
                 raise
@@ -101,6 +101,21 @@ class WeightReceiver:
                 await self.client.update_weights_from_distributed(bucket["names"], bucket["dtypes"], bucket["shapes"],
                                                                   weight_version=str(update.version))
         await self.client.flush_cache()
+
+    async def read_back(self, update: WeightUpdate) -> tuple[int, dict] | None:
+        """The probe parameters' first rows as the server now reports them. A server that refuses to read a
+        parameter back by name (SGLang's Qwen models have no /get_weights_by_name) is not asked again: its versions
+        go unchecked, which the learner's sync/checked_versions shows."""
+        try:
+            return update.version, {name: await self.client.get_weights_by_name(name, truncate_size=2)
+                                    for name in update.probes}
+        except ServerError as e:
+            if e.status is None or e.status >= 500:
+                raise
+            self.can_read_back = False
+            log.warning(f"rollout rank {self.index}: the server cannot read weights back by name ({e}); "
+                        f"weight versions are not checked against what the learners sent")
+            return None
 
     def take_probe(self) -> tuple[int, dict] | None:
         probe, self.probe = self.probe, None
