@@ -16,7 +16,8 @@ the 1-minute load average is recorded in the JSON.
 4. Where decode time goes: the engine in-process, a decode step split into scheduler, batch
    preparation, attention / MLP / other layers, sampling; plus the top torch ops by self CPU time.
 
-Same random ~5M-parameter Llama (apr_ds.engine.toy's `5m` size, our domain tokenizer's vocabulary) throughout.
+Same random ~5M-parameter model (apr_ds.engine.toy's `5m` size, our domain tokenizer's vocabulary) throughout: a Llama,
+or with --family the same shape as Qwen2 or Qwen3.
 Writes at least tokens_per_s, hf_generate_tokens_per_s, speedup_at_64, prefix_cache_hit_ratio to --json.
 """
 
@@ -46,6 +47,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--json", required=True, help="where to write the results")
     parser.add_argument("--size", default="5m", help="apr_ds.engine.toy size (tiny, 5m)")
+    parser.add_argument("--family", default="llama", choices=["llama", "qwen2", "qwen3"],
+                        help="the model family (the same shape: Qwen2 adds q/k/v biases, Qwen3 per-head q/k norms)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads for both HF and the server")
     parser.add_argument("--prompt-len", type=int, default=32)
     parser.add_argument("--new-tokens", type=int, default=128)
@@ -53,10 +56,10 @@ def main() -> int:
     torch.set_num_threads(args.threads)
     rng = random.Random(0)
     prompt = lambda n: [1] + [rng.randrange(4, 1117) for _ in range(n - 1)]  # noqa: E731
-    results = {"model": args.size, "threads": args.threads, "prompt_len": args.prompt_len, "new_tokens": args.new_tokens,
+    results = {"model": args.size, "family": args.family, "threads": args.threads, "prompt_len": args.prompt_len, "new_tokens": args.new_tokens,
                "load_average_1min": {"start": os.getloadavg()[0]}}  # other users' load skews every number here
     with tempfile.TemporaryDirectory() as tmp:
-        hf = save_model(tmp, size=args.size, max_position_embeddings=2048)
+        hf = save_model(tmp, family=args.family, size=args.size, max_position_embeddings=2048)
         torch.set_num_threads(args.threads)  # save_model pins 1 thread for tests
         hf_prompts = [prompt(args.prompt_len) for _ in range(2)]
         hf_once = lambda: hf_generate(hf, hf_prompts, args.new_tokens)  # noqa: E731
