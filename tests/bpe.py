@@ -22,3 +22,23 @@ def train_bpe(texts: list[str], directory: Path, vocab_size: int = 800) -> Path:
                                    unk_token=UNK, clean_up_tokenization_spaces=False)
     fast.save_pretrained(str(directory))
     return Path(directory)
+
+
+def train_sentencepiece_like(texts: list[str], directory: Path, vocab_size: int = 800) -> Path:
+    """A BPE with SentencePiece's word boundaries, as Llama-2's tokenizer has them: spaces become "▁" and every
+    encode call starts with one (which decoding strips), so encoding a text in two pieces is not encoding it whole."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    from apr_ds.data.tokenizer import BOS, EOS, PAD, SPECIAL_TOKENS, UNK
+
+    tokenizer = Tokenizer(models.BPE(unk_token=UNK))
+    tokenizer.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
+    tokenizer.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.Fuse(), decoders.Strip(" ", 1, 0)])
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS, show_progress=False,
+                                  initial_alphabet=sorted(set("".join(texts)) | {"▁"}))
+    tokenizer.train_from_iterator(texts, trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tokenizer, bos_token=BOS, eos_token=EOS, pad_token=PAD,
+                                   unk_token=UNK, clean_up_tokenization_spaces=False)
+    fast.save_pretrained(str(directory))
+    return Path(directory)

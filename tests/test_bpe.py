@@ -18,7 +18,8 @@ from apr_ds.config import Config, RolloutConfig
 from apr_ds.data.sequences import common_prefix_len
 from apr_ds.tasks import get_task
 from apr_ds.tasks.task import problem_rng
-from bpe import train_bpe
+from apr_ds.lang import CALL_CLOSE, CALL_OPEN, JOIN_OPEN
+from bpe import train_bpe, train_sentencepiece_like
 
 TASK = get_task(Config())
 
@@ -77,53 +78,88 @@ def test_the_tokenizer_really_merges_across_lines(bpe):
     assert whole[:len(alone)] != alone  # a prompt's tokens are not a prefix of its continuation's here
 
 
-def test_programs_run_as_the_solver_wrote_them_and_the_parent_keeps_its_tokens(bpe):
+def run_programs(tokenizer, runs, texts, client=None):
     from apr_ds.rollout.runtime import ProgramRunner
-    tokenizer, runs, texts, _ = bpe
-    client = TextReplayClient(tokenizer, texts)
+    client = client or TextReplayClient(tokenizer, texts)
     runner = ProgramRunner(client, tokenizer, TASK, RolloutConfig(max_context=2048))
 
     async def run_all():
         return [await runner.run(problem, "apr") for problem, _ in runs]  # one at a time: the cache is per program
-    for trajectory, (_, run) in zip(asyncio.run(run_all()), runs):
+    return asyncio.run(run_all()), client
+
+
+def tokens_before(tokenizer, ids: list[int], chars: int) -> int:
+    """How many of `ids` (after <s>) lie wholly within the first `chars` characters they spell."""
+    text = tokenizer.decode(ids[1:])
+    return max(k for k in range(1, len(ids) + 1)
+               if len(tokenizer.decode(ids[1:k])) <= chars and text.startswith(tokenizer.decode(ids[1:k])))
+
+
+def test_programs_run_as_the_solver_wrote_them_and_the_parent_keeps_its_tokens(bpe):
+    tokenizer, runs, texts, _ = bpe
+    trajectories, client = run_programs(tokenizer, runs, texts)
+    for trajectory, (_, run) in zip(trajectories, runs):
         assert trajectory.correct, trajectory.reason
         assert trajectory.root.text == run.main_calls[-1] and len(trajectory.threads) == len(run.threads())
         parent = trajectory.root.segments
         for before, after in zip(parent, parent[1:]):
-            # after the join, the parent's next context starts with everything it was given before, token for token,
-            # and with the tokens it sampled up to the spawn block, so the prefix cache covers them
-            assert after.prompt_ids[:len(before.prompt_ids)] == before.prompt_ids
+            # after the join the parent's context keeps, token for token, everything it was given before and every
+            # token it sampled that lies wholly before its spawn block, so the prefix cache covers all of them
             sampled = before.prompt_ids + before.output_ids
-            assert after.cached_tokens >= len(before.prompt_ids)
-            assert common_prefix_len(after.prompt_ids, sampled) >= len(before.prompt_ids)
+            spawn_at = tokenizer.decode(sampled[1:]).rfind(CALL_OPEN)
+            kept = common_prefix_len(after.prompt_ids, sampled)
+            assert kept >= tokens_before(tokenizer, sampled, spawn_at) > len(before.prompt_ids)
+            assert after.cached_tokens >= kept
         for thread in trajectory.threads:
             for segment in thread.segments:  # what the learner trains on is what the server sent
                 assert any(request[:len(segment.prompt_ids) + len(segment.output_ids)] ==
                            segment.prompt_ids + segment.output_ids for request in client.requests)
 
 
-def test_a_token_running_past_the_stop_string_is_cut_at_it(bpe):
-    """The model writes the spawn block and, in the same token, the start of a join block it should not write."""
-    from apr_ds.rollout.runtime import ProgramRunner
-    tokenizer, runs, texts, _ = bpe
-    problem, run = runs[0]
-    first = run.main_calls[0]
-    assert first.rstrip("\n").endswith("<End Calling Sub Searches>")
+def test_a_sentencepiece_tokenizer_joins_without_inventing_a_word_boundary(bpe, tmp_path):
+    """Encoding a join's new text on its own would start it with a word boundary ("▁"): "< Sub Searches>"."""
+    from transformers import AutoTokenizer
+    _, runs, texts, _ = bpe
+    tokenizer = AutoTokenizer.from_pretrained(train_sentencepiece_like(texts * 3, tmp_path / "sp"))
+    piece = tokenizer(texts[0][:50], add_special_tokens=False)["input_ids"] + \
+        tokenizer(texts[0][50:], add_special_tokens=False)["input_ids"]
+    assert tokenizer.decode(piece) != texts[0]  # two encodes are not one here
+    trajectories, _ = run_programs(tokenizer, runs, texts)
+    for trajectory, (_, run) in zip(trajectories, runs):
+        assert trajectory.correct, trajectory.reason
+        assert trajectory.root.text == run.main_calls[-1]
+        for before, after in zip(trajectory.root.segments, trajectory.root.segments[1:]):
+            assert tokenizer.decode(after.prompt_ids[1:]).count(" <") == 0
+
+
+def test_a_token_running_past_the_stop_string_is_cut_at_it(bpe, tmp_path):
+    """The model writes the spawn block's closing marker and, in the same token, the start of a join block."""
+    from transformers import AutoTokenizer
+    _, runs, texts, directory = bpe
+    tokenizer = AutoTokenizer.from_pretrained(directory)
+    straddle = ">\n" + JOIN_OPEN
+    tokenizer.add_tokens([straddle])
 
     class Overrunning(TextReplayClient):
         async def generate_tokens(self, context, sampling):
             answer = await super().generate_tokens(context, sampling)
-            if self.tokenizer.decode(answer.output_ids).rstrip("\n").endswith("<End Calling Sub Searches>"):
-                extra = self.tokenizer("\n<Sub Searches>", add_special_tokens=False)["input_ids"]
-                last = self.tokenizer.decode(answer.output_ids[-1:]) + "\n<Sub Searches>"
-                merged = self.tokenizer(last, add_special_tokens=False)["input_ids"]
-                answer.output_ids = answer.output_ids[:-1] + (merged if len(merged) == 1 else answer.output_ids[-1:] + extra)
+            text = self.tokenizer.decode(answer.output_ids).rstrip("\n")
+            if text.endswith(CALL_CLOSE):
+                answer.output_ids = self.tokenizer(text + "\n" + JOIN_OPEN, add_special_tokens=False)["input_ids"]
+                assert self.tokenizer.decode(answer.output_ids[-1:]) == straddle  # one token across the stop
                 answer.logprobs = [0.0] * len(answer.output_ids)
+                self.overruns += 1
             return answer
-    runner = ProgramRunner(Overrunning(tokenizer, texts), tokenizer, TASK, RolloutConfig(max_context=2048))
-    trajectory = asyncio.run(runner.run(problem, "apr"))
-    assert trajectory.correct, trajectory.reason
-    assert "<Sub Searches>\n<Sub Searches>" not in trajectory.root.text
+    client = Overrunning(tokenizer, texts)
+    client.overruns = 0
+    trajectories, _ = run_programs(tokenizer, runs[:3], texts, client)
+    assert client.overruns >= 3
+    for trajectory, (_, run) in zip(trajectories, runs):
+        assert trajectory.correct, trajectory.reason
+        first = trajectory.root.segments[0]
+        assert first.finish_reason == "stop" and straddle not in tokenizer.decode(first.output_ids)
+        assert tokenizer.decode(first.prompt_ids[1:] + first.output_ids).endswith(CALL_CLOSE[:-1])
+        assert trajectory.root.text == run.main_calls[-1]
 
 
 @pytest.mark.slow  # data and a few SFT steps on the BPE tokenizer: about half a minute

@@ -29,7 +29,7 @@ from typing import NamedTuple
 from apr_ds.errors import UserError
 from apr_ds.eval.metrics import by_problem, solved_within
 from apr_ds.eval.report import load_result_file
-from apr_ds.eval.run import TRAJECTORIES_SUFFIX
+from apr_ds.rollout.trajectory import TRAJECTORIES_SUFFIX
 from apr_ds.rollout.trajectory import Trajectory
 
 

@@ -54,7 +54,7 @@ def viewer_pages(results: list[dict], out: Path) -> list[Path]:
     table links them. A result whose programs file is gone is reported without a page."""
     import re
 
-    from apr_ds.eval.run import TRAJECTORIES_SUFFIX
+    from apr_ds.rollout.trajectory import TRAJECTORIES_SUFFIX
     from apr_ds.view.build import write_page
 
     pages = []
@@ -62,7 +62,10 @@ def viewer_pages(results: list[dict], out: Path) -> list[Path]:
         file = Path(result["file"])
         programs = file.with_name(file.stem + TRAJECTORIES_SUFFIX)
         if programs.is_file():
-            page = out / "view" / (re.sub(r"[^A-Za-z0-9._-]+", "_", result["label"]).strip("_") + ".html")
+            name = re.sub(r"[^A-Za-z0-9._-]+", "_", result["label"]).strip("_")
+            page = out / "view" / f"{name}.html"
+            if page in pages:  # two labels that clean to one name
+                page = out / "view" / f"{name}_{len(pages)}.html"
             pages.append(write_page([str(programs)], page, result["label"]))
             result["viewer"] = str(page.relative_to(out))
     return pages

@@ -22,9 +22,7 @@ import time
 from pathlib import Path
 
 from apr_ds.errors import UserError
-
-TRAJECTORIES_SUFFIX = ".trajectories.jsonl"
-"""Every program of `{method}{tag}.json`'s run, one per line, is in `{method}{tag}` + this suffix."""
+from apr_ds.rollout.trajectory import TRAJECTORIES_SUFFIX
 
 
 def add_arguments(parser) -> None:

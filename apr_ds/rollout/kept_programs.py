@@ -4,7 +4,8 @@ reads them, so what the policy writes can be watched over steps.
 Each rollout rank keeps its share of the N (split over the ranks), one program per group so that they span
 problems, in {run_dir}/rl/programs/rollout{index}.jsonl: eval's trajectory records (`Trajectory.to_json`) with the
 program's reward, the weight version it was sampled under (the learner step that made those weights) and its group.
-With N = 0 nothing is kept and nothing is written.
+With N = 0 nothing is kept and nothing is written. A resumed run starts counting afresh, so versions it samples
+again after its checkpoint can have up to 2N programs in the file.
 """
 
 from __future__ import annotations

@@ -19,6 +19,7 @@ than `rollout.max_depth`, or a full context marks that thread failed or truncate
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 
 from apr_ds.lang import CALL_CLOSE, CALL_OPEN, JOIN_OPEN, SpawnError, ends_with_spawn
@@ -88,15 +89,17 @@ class ProgramRunner:
             if stop_at is not None and out_text[:stop_at].endswith(JOIN_OPEN):
                 # The model began writing join results itself: keep what precedes them and call the spawn instead.
                 self._cut(segment, stop_at - len(JOIN_OPEN), "spawn_stop")
+                context = self._continue(context + segment.output_ids, text + self.decode(segment.output_ids),
+                                         text + out_text[:stop_at - len(JOIN_OPEN)] + CALL_OPEN)
                 text = text + out_text[:stop_at - len(JOIN_OPEN)] + CALL_OPEN
-                context = self._continue(context + segment.output_ids, text)
                 continue
             if stop_at is not None and out_text[stop_at:].strip("\n"):
                 # A token ran past the stop string (BPE merges can span it): the text after it was never meant
                 # to be written. Keep the whole tokens before the stop string and write its remainder as text.
                 self._cut(segment, stop_at, "stop")
+                context = self._continue(context + segment.output_ids, text + self.decode(segment.output_ids),
+                                         text + out_text[:stop_at])
                 text += out_text[:stop_at]
-                context = self._continue(context + segment.output_ids, text)
             else:
                 text += out_text
                 context = context + segment.output_ids
@@ -111,8 +114,8 @@ class ProgramRunner:
             elif not may_spawn:
                 thread.status, thread.error = "failed", "spawned, but this method does not run spawns"
             else:
-                text = await self._spawn(trajectory, thread, text, token_budget, sampling)
-                context = self._continue(context, text)
+                joined = await self._spawn(trajectory, thread, text, token_budget, sampling)
+                context, text = self._continue(context, text, joined), joined
         thread.text = text
         return thread
 
@@ -177,23 +180,27 @@ class ProgramRunner:
         segment.output_ids, segment.logprobs = segment.output_ids[:keep], segment.logprobs[:keep]
         segment.finish_reason = finish_reason
 
-    def _continue(self, context: list[int], text: str) -> list[int]:
-        """The ids of `text`, which the runtime made by rewriting the end of a thread whose ids were `context` (a
-        join replacing a spawn block, or a cut): the context's own tokens for as long as they spell the start of
-        `text`, then the rest of `text` encoded. The tokens the model sampled stay as it sampled them, so the
-        server's prefix cache still holds the parent's context. Encoding all of `text` afresh would give the same
-        ids with the domain tokenizer (a new line starts a new token), but not with a BPE whose merges cross line
-        ends: there the parent's earlier tokens would be re-split, and its context would miss the cache."""
+    def _continue(self, context: list[int], old_text: str, text: str) -> list[int]:
+        """The ids of `text`, which the runtime made by rewriting the end of `old_text`, a thread whose ids were
+        `context` (a join replacing a spawn block, or a cut): the context's own tokens that lie wholly within the
+        part the two texts share, then the rest of `text` encoded. The tokens the model sampled stay as it sampled
+        them, so the server's prefix cache still holds the parent's context and the learner scores what was
+        sampled. Encoding all of `text` afresh would re-split them wherever the model did not sample the
+        tokenizer's own split, and with a BPE whose merges cross line ends it re-splits the parent's earlier
+        tokens, whose context then misses the cache. Where the two parts do not decode back to `text` (a
+        SentencePiece tokenizer starts every encode with a word boundary), `text` is encoded whole."""
+        shared = len(os.path.commonprefix([old_text, text]))
         body = context[1:]  # after <s>
-        low, high = 0, len(body)  # the tokens body[:low] spell a start of `text`; find the most that do
+        low, high = 0, len(body)  # the tokens body[:low] spell a start of the shared part; find the most that do
         while low < high:
             middle = (low + high + 1) // 2
-            if text.startswith(self.decode(body[:middle])):
+            if text[:shared].startswith(self.decode(body[:middle])):
                 low = middle
             else:
                 high = middle - 1
         kept = self.decode(body[:low])
-        return context[:1 + low] + self.tokenizer(text[len(kept):], add_special_tokens=False)["input_ids"]
+        ids = context[:1 + low] + self.tokenizer(text[len(kept):], add_special_tokens=False)["input_ids"]
+        return ids if self.decode(ids[1:]) == text else self.encode(text)
 
 
 def _past_stop(text: str, stops) -> int | None:

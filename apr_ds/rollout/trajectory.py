@@ -24,6 +24,10 @@ from dataclasses import asdict, dataclass, field
 
 from apr_ds.data.sequences import common_prefix_len
 
+TRAJECTORIES_SUFFIX = ".trajectories.jsonl"
+"""`apr-ds eval` writes every program of `{method}{tag}.json`'s run, one `Trajectory.to_json()` per line, to
+`{method}{tag}` + this suffix."""
+
 
 @dataclass
 class Segment:

@@ -25,6 +25,7 @@ from collections import Counter
 
 from apr_ds.lang import JOIN_CLOSE, JOIN_OPEN
 from apr_ds.tasks.countdown_trace import EXPLORE_RE, GENERATED_RE, LINE_STARTS, STATE_RE, parse_ints
+from apr_ds.tasks.task import failures_by_line
 
 SKILLS = ("operands", "arithmetic", "result_list", "distinct", "target", "format")
 _WHOLE_LINE = re.compile(r".*")
@@ -119,21 +120,7 @@ def wrong_spans(text: str) -> list[tuple[int, int]]:
 
 def failed_checks(text: str) -> dict[int, list[str]]:
     """The skills each line of `text.splitlines()` got wrong, by line number."""
-    starts = {start: number for number, start in enumerate(_line_starts(text))}
-    failed = {}
-    for start, _, verdicts in checked_lines(text):
-        wrong = [skill for skill, right in verdicts.items() if not right]
-        if wrong:
-            failed[starts[start]] = wrong
-    return failed
-
-
-def _line_starts(text: str) -> list[int]:
-    offsets, offset = [], 0
-    for line in text.splitlines(keepends=True):
-        offsets.append(offset)
-        offset += len(line)
-    return offsets
+    return failures_by_line(text, ((start, verdicts) for start, _, verdicts in checked_lines(text)))
 
 
 def operator_counts(texts) -> dict:

@@ -25,6 +25,7 @@ from collections import Counter
 
 from apr_ds.tasks.sudoku import candidates, cell_units, units
 from apr_ds.tasks.sudoku_trace import Line, ThreadGrid, cell_at, read_lines
+from apr_ds.tasks.task import failures_by_line
 
 SKILLS = ("given", "blank", "row", "column", "box", "candidates", "backtrack", "format")
 _WHOLE_LINE = re.compile(r".*")
@@ -120,21 +121,7 @@ def wrong_spans(text: str) -> list[tuple[int, int]]:
 
 def failed_checks(text: str) -> dict[int, list[str]]:
     """The skills each line of `text.splitlines()` got wrong, by line number."""
-    starts = {start: number for number, start in enumerate(_line_starts(text))}
-    failed = {}
-    for line, _, verdicts in checked_lines(text):
-        wrong = [skill for skill, right in verdicts.items() if not right]
-        if wrong:
-            failed[starts[line.start]] = wrong
-    return failed
-
-
-def _line_starts(text: str) -> list[int]:
-    offsets, offset = [], 0
-    for line in text.splitlines(keepends=True):
-        offsets.append(offset)
-        offset += len(line)
-    return offsets
+    return failures_by_line(text, ((line.start, verdicts) for line, _, verdicts in checked_lines(text)))
 
 
 def line_diagnostics(texts) -> dict:

@@ -57,6 +57,21 @@ class SolverRun:
         return sum(len(spawn) for spawn in self.sub_calls)
 
 
+def failures_by_line(text: str, verdicts: Iterable[tuple[int, dict]]) -> dict[int, list[str]]:
+    """`verdicts`: (offset in `text` of a checked line, {check: right}) pairs -> the checks each line of
+    `text.splitlines()` fails, by line number: what `Task.failed_checks` returns, for any task's checker."""
+    number_at, offset = {}, 0
+    for number, line in enumerate(text.splitlines(keepends=True)):
+        number_at[offset] = number
+        offset += len(line)
+    failed = {}
+    for start, checks in verdicts:
+        wrong = [check for check, right in checks.items() if not right]
+        if wrong:
+            failed[number_at[start]] = wrong
+    return failed
+
+
 def problem_rng(seed: int, method: str, index) -> random.Random:
     """The random source of one solver run: a pure function of its problem's place, whatever the worker."""
     return random.Random(f"apr-ds:solve:{seed}:{method}:{index}")

@@ -25,9 +25,9 @@ from pathlib import Path
 
 from apr_ds.errors import UserError
 from apr_ds.rollout.kept_programs import PROGRAMS_DIR
-from apr_ds.rollout.trajectory import Trajectory
+from apr_ds.rollout.trajectory import TRAJECTORIES_SUFFIX, Trajectory
 
-TRAJECTORIES_GLOB = "*.trajectories.jsonl"
+TRAJECTORIES_GLOB = "*" + TRAJECTORIES_SUFFIX
 EXTRA_KEYS = ("temperature", "budget", "reward", "version", "rollout", "group")
 """What a line may carry beside the trajectory: eval's setting, or RL's reward, weight version and group."""
 PAGE_DIR = Path(__file__).parent
@@ -95,8 +95,8 @@ def make_source(files: list[Path], several: bool) -> Source:
     from apr_ds.tasks import get_task
 
     first = files[0]
-    if first.name.endswith(".trajectories.jsonl"):
-        name = first.name[:-len(".trajectories.jsonl")]
+    if first.name.endswith(TRAJECTORIES_SUFFIX):
+        name = first.name[:-len(TRAJECTORIES_SUFFIX)]
         config_file = first.with_name(name + ".config.yaml")
         run = first.parent.parent if first.parent.name == "eval" else first.parent
     else:

@@ -33,6 +33,7 @@ class WeightReceiver:
         self.client, self.world, self.index, self.admit = client, world, rollout_index, admit
         self.in_group = False
         self.can_read_back = True
+        self.read_backs = 0
         self.probe: tuple[int, dict] | None = None
         """(version, {name: first rows}) read back after the latest update, shipped once with the next group."""
 
@@ -103,19 +104,21 @@ class WeightReceiver:
         await self.client.flush_cache()
 
     async def read_back(self, update: WeightUpdate) -> tuple[int, dict] | None:
-        """The probe parameters' first rows as the server now reports them. A server that refuses to read a
-        parameter back by name (SGLang's Qwen models have no /get_weights_by_name) is not asked again: its versions
-        go unchecked, which the learner's sync/checked_versions shows."""
+        """The probe parameters' first rows as the server now reports them. A server that refuses the very first
+        read-back (SGLang's Qwen model classes have no `get_weights_by_name`; its Llama has) is not asked again: its
+        versions go unchecked, which the learner's sync/checked_versions shows. A refusal after reads have worked
+        is an error, as any other."""
         try:
-            return update.version, {name: await self.client.get_weights_by_name(name, truncate_size=2)
-                                    for name in update.probes}
+            rows = {name: await self.client.get_weights_by_name(name, truncate_size=2) for name in update.probes}
         except ServerError as e:
-            if e.status is None or e.status >= 500:
+            if e.status is None or e.status >= 500 or self.read_backs:
                 raise
             self.can_read_back = False
             log.warning(f"rollout rank {self.index}: the server cannot read weights back by name ({e}); "
                         f"weight versions are not checked against what the learners sent")
             return None
+        self.read_backs += 1
+        return update.version, rows
 
     def take_probe(self) -> tuple[int, dict] | None:
         probe, self.probe = self.probe, None
