@@ -5,7 +5,7 @@ from __future__ import annotations
 from apr_ds.tasks.countdown import Problem, apply_op
 from apr_ds.tasks.countdown_trace import (EXPLORE_RE, GENERATED_RE, GOAL_REACHED, GOAL_RE, MOVE_RE, STATE_RE,
                                           nums_text, operation_text, parse_ints, parse_ops)
-from apr_ds.tasks.task import Verdict
+from apr_ds.tasks.task import Verdict, verify_text
 
 
 def extract_solution_path(output: str) -> str | None:
@@ -26,14 +26,7 @@ def verify(problem: Problem, output) -> Verdict:
     arithmetic (subtraction larger-first and >= 0, exact division by non-zero), every state line in
     the path to agree with the replay, and the path to end at exactly [target]. Never raises.
     """
-    try:
-        if isinstance(output, (bytes, bytearray)):
-            output = bytes(output).decode("utf-8", errors="replace")
-        if not isinstance(output, str):
-            return Verdict(False, f"output is {type(output).__name__}, not text")
-        return replay_path(problem, extract_solution_path(output))
-    except Exception as e:  # a verifier that raises would crash RL; report instead
-        return Verdict(False, f"verifier error: {type(e).__name__}: {e}")
+    return verify_text(output, lambda output: replay_path(problem, extract_solution_path(output)))
 
 
 def replay_path(problem: Problem, path: str | None) -> Verdict:

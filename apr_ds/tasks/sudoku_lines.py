@@ -25,7 +25,7 @@ from collections import Counter
 
 from apr_ds.tasks.sudoku import candidates, cell_units, units
 from apr_ds.tasks.sudoku_trace import Line, ThreadGrid, cell_at, read_lines
-from apr_ds.tasks.task import failures_by_line
+from apr_ds.tasks.task import count_checks, failures_by_line, fraction_right
 
 SKILLS = ("given", "blank", "row", "column", "box", "candidates", "backtrack", "format")
 _WHOLE_LINE = re.compile(r".*")
@@ -88,11 +88,7 @@ def checked_lines(text: str):
 
 def count_lines(text: str) -> Counter:
     """Counts `{skill}` (right) and `{skill}_total` over one thread's text."""
-    counts: Counter = Counter()
-    for _, _, verdicts in checked_lines(text):
-        counts.update({f"{skill}_total": 1 for skill in verdicts})
-        counts.update(verdicts)
-    return counts
+    return count_checks(verdicts for _, _, verdicts in checked_lines(text))
 
 
 # The part of its line each wrong skill names, as (first, last) regex group: a digit that repeats its row, column
@@ -126,8 +122,4 @@ def failed_checks(text: str) -> dict[int, list[str]]:
 
 def line_diagnostics(texts) -> dict:
     """Fraction right per skill over all threads' texts, with the number of lines behind each."""
-    counts: Counter = Counter()
-    for text in texts:
-        counts.update(count_lines(text))
-    return {skill: {"right": counts[skill] / counts[f"{skill}_total"] if counts[f"{skill}_total"] else float("nan"),
-                    "lines": counts[f"{skill}_total"]} for skill in SKILLS}
+    return fraction_right(sum((count_lines(text) for text in texts), Counter()), SKILLS)

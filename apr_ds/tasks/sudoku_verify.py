@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from apr_ds.tasks.sudoku import Puzzle, parse_grid, units
 from apr_ds.tasks.sudoku_trace import SOLVED_RE
-from apr_ds.tasks.task import Verdict
+from apr_ds.tasks.task import Verdict, verify_text
 
 
 def final_answer(output: str) -> str | None:
@@ -18,14 +18,7 @@ def final_answer(output: str) -> str | None:
 def verify(problem: Puzzle, output) -> Verdict:
     """Strict check of a main-thread output's final answer: a grid of the puzzle's size that keeps every given,
     fills every blank with a digit 1..n, and makes every row, column and box a permutation of 1..n. Never raises."""
-    try:
-        if isinstance(output, (bytes, bytearray)):
-            output = bytes(output).decode("utf-8", errors="replace")
-        if not isinstance(output, str):
-            return Verdict(False, f"output is {type(output).__name__}, not text")
-        return check_grid(problem, final_answer(output))
-    except Exception as e:  # a verifier that raises would crash RL; report instead
-        return Verdict(False, f"verifier error: {type(e).__name__}: {e}")
+    return verify_text(output, lambda output: check_grid(problem, final_answer(output)))
 
 
 def check_grid(problem: Puzzle, text: str | None) -> Verdict:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import random
 from abc import ABC, abstractmethod
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, ClassVar, Iterable
@@ -55,6 +56,35 @@ class SolverRun:
     @property
     def num_children(self) -> int:
         return sum(len(spawn) for spawn in self.sub_calls)
+
+
+def verify_text(output, check: Callable[[str], Verdict]) -> Verdict:
+    """`check` run on a main thread's output as text: bytes are decoded, other types refused, and an exception
+    becomes a failed verdict (a verifier that raises would crash RL). Every task's `verify` goes through it."""
+    try:
+        if isinstance(output, (bytes, bytearray)):
+            output = bytes(output).decode("utf-8", errors="replace")
+        if not isinstance(output, str):
+            return Verdict(False, f"output is {type(output).__name__}, not text")
+        return check(output)
+    except Exception as e:
+        return Verdict(False, f"verifier error: {type(e).__name__}: {e}")
+
+
+def count_checks(verdicts: Iterable[dict]) -> Counter:
+    """Counts `{check}` (right) and `{check}_total` over the verdicts of checked lines."""
+    counts: Counter = Counter()
+    for checks in verdicts:
+        counts.update({f"{check}_total": 1 for check in checks})
+        counts.update(checks)
+    return counts
+
+
+def fraction_right(counts: Counter, checks: Iterable[str]) -> dict:
+    """Per check, the share of the lines it read that got it right (nan where it read none), and how many lines:
+    what `Task.line_diagnostics` returns, from `count_checks`' counts."""
+    return {check: {"right": counts[check] / counts[f"{check}_total"] if counts[f"{check}_total"] else float("nan"),
+                    "lines": counts[f"{check}_total"]} for check in checks}
 
 
 def failures_by_line(text: str, verdicts: Iterable[tuple[int, dict]]) -> dict[int, list[str]]:
