@@ -6,9 +6,10 @@
 """
 
 from apr_ds.lang.render import (BLOCK_PHRASES, CALL_CLOSE, CALL_OPEN, JOIN_CLOSE, JOIN_OPEN, SUB_CALL_BUDGET,
-                                TOKEN_BUDGET, join_block, spawn_block, sub_call_budget_prefix, token_budget_prefix)
-from apr_ds.lang.syntax import SpawnBlock, SpawnError, ends_with_spawn, split_spawn
+                                TOKEN_BUDGET, join_block, spawn_block, strip_budget_prefixes, sub_call_budget_prefix,
+                                token_budget_prefix)
+from apr_ds.lang.syntax import SpawnBlock, SpawnError, ends_with_spawn, lines_outside_joins, split_spawn
 
 __all__ = ["BLOCK_PHRASES", "CALL_OPEN", "CALL_CLOSE", "JOIN_OPEN", "JOIN_CLOSE", "TOKEN_BUDGET", "SUB_CALL_BUDGET",
-           "spawn_block", "join_block", "token_budget_prefix", "sub_call_budget_prefix", "SpawnBlock", "SpawnError",
-           "ends_with_spawn", "split_spawn"]
+           "spawn_block", "join_block", "token_budget_prefix", "sub_call_budget_prefix", "strip_budget_prefixes",
+           "SpawnBlock", "SpawnError", "ends_with_spawn", "lines_outside_joins", "split_spawn"]

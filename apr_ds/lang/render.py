@@ -39,3 +39,11 @@ def token_budget_prefix(budget: int | None) -> str:
 def sub_call_budget_prefix(count: int | None) -> str:
     """Child-count conditioning: the prompt states how many child threads the program may spawn."""
     return f"{SUB_CALL_BUDGET}{count} " if count is not None else ""
+
+
+def strip_budget_prefixes(line: str) -> str:
+    """A prompt's first line without the conditioning prefixes above (and their numbers)."""
+    for prefix in (SUB_CALL_BUDGET, TOKEN_BUDGET):
+        if line.startswith(prefix):
+            line = line[len(prefix):].lstrip("0123456789 ")
+    return line

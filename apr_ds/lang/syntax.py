@@ -9,7 +9,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from apr_ds.lang.render import CALL_CLOSE, CALL_OPEN
+from typing import Iterator
+
+from apr_ds.lang.render import CALL_CLOSE, CALL_OPEN, JOIN_CLOSE, JOIN_OPEN
 
 
 @dataclass(frozen=True)
@@ -61,3 +63,18 @@ def split_spawn(text: str) -> SpawnBlock | SpawnError:
     if not lines:
         return SpawnError("empty", "the spawn block names no sub searches")
     return SpawnBlock(prefix, tuple(lines))
+
+
+def lines_outside_joins(text: str) -> Iterator[tuple[int, str, bool]]:
+    """(offset in `text`, the line without its line end, whether it is complete) for every line of
+    `text.splitlines()` outside join blocks, which copy children's lines into their parent: what a task's per-line
+    checks read. A line is complete when it ends in a newline (a context can cut the last)."""
+    in_join, offset = False, 0
+    for raw in text.splitlines(keepends=True):
+        start, offset, line = offset, offset + len(raw), raw.rstrip("\r\n")
+        if line.startswith(JOIN_OPEN):
+            in_join = True
+        if in_join:
+            in_join = not line.startswith(JOIN_CLOSE)
+            continue
+        yield start, line, raw.endswith("\n")

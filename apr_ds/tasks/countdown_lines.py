@@ -23,7 +23,7 @@ from __future__ import annotations
 import re
 from collections import Counter
 
-from apr_ds.lang import JOIN_CLOSE, JOIN_OPEN
+from apr_ds.lang import lines_outside_joins
 from apr_ds.tasks.countdown_trace import EXPLORE_RE, GENERATED_RE, LINE_STARTS, STATE_RE, parse_ints
 from apr_ds.tasks.task import count_checks, failures_by_line, fraction_right
 
@@ -62,14 +62,8 @@ def _operation_verdicts(m, state_nums, explored: set) -> dict:
 
 def checked_lines(text: str):
     """Yields (offset of the line in `text`, its match, {skill: right}) for every checked line outside join blocks."""
-    state, explored, in_join, offset = None, set(), False, 0
-    for line in text.splitlines(keepends=True):
-        start, offset, complete, line = offset, offset + len(line), line.endswith("\n"), line.rstrip("\r\n")
-        if line.startswith(JOIN_OPEN):
-            in_join = True
-        if in_join:
-            in_join = not line.startswith(JOIN_CLOSE)
-            continue
+    state, explored = None, set()
+    for start, line, complete in lines_outside_joins(text):
         well_formed = {"format": True} if complete else {}
         if m := STATE_RE.match(line):
             state, explored = (int(m.group(1)), parse_ints(m.group(2))), set()

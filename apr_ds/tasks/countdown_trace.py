@@ -13,7 +13,7 @@ import re
 from typing import Sequence
 
 from apr_ds.lang import (CALL_CLOSE, CALL_OPEN, JOIN_CLOSE, JOIN_OPEN, SUB_CALL_BUDGET, TOKEN_BUDGET, join_block,
-                         spawn_block, sub_call_budget_prefix, token_budget_prefix)
+                         spawn_block, strip_budget_prefixes, sub_call_budget_prefix, token_budget_prefix)
 
 GOAL_REACHED = "Goal Reached"
 NO_SOLUTION = "No solution found.\n"
@@ -133,9 +133,7 @@ LINE_KIND_NAMES = ("state", "operation", "node", "move", "goal", "dead_end", "su
 
 def line_kind(line: str) -> str:
     """The kind of a trace line outside spawn and join blocks; a prompt's budget prefixes are skipped."""
-    for prefix in (SUB_CALL_BUDGET, TOKEN_BUDGET):
-        if line.startswith(prefix):
-            line = line[len(prefix):].lstrip("0123456789 ")
+    line = strip_budget_prefixes(line)
     kind = next((kind for start, kind in LINE_KINDS if line.startswith(start)), None)
     if kind:
         return kind

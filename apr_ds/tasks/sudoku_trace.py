@@ -26,7 +26,8 @@ from dataclasses import dataclass, field
 from typing import Iterator, Sequence
 
 from apr_ds.lang import (CALL_CLOSE, CALL_OPEN, JOIN_CLOSE, JOIN_OPEN, SUB_CALL_BUDGET, TOKEN_BUDGET, join_block,
-                         spawn_block, sub_call_budget_prefix, token_budget_prefix)
+                         lines_outside_joins, spawn_block, strip_budget_prefixes, sub_call_budget_prefix,
+                         token_budget_prefix)
 from apr_ds.tasks.sudoku import grid_text, parse_grid
 
 GRID, PLACE, BRANCH, DEAD_END, BACKTRACK, SOLVED = ("Grid: ", "Place r", "Branch r", "Dead end at r", "Backtrack to r",
@@ -122,17 +123,9 @@ LINE_PATTERNS = (("state", GRID, GRID_RE), ("place", PLACE, PLACE_RE), ("branch"
 LINE_KIND_NAMES = ("state", "place", "branch", "dead_end", "backtrack", "solved", "no_solution", "other")
 
 
-def strip_prefixes(line: str) -> str:
-    """A line without the budget prefixes a prompt may start with."""
-    for prefix in (SUB_CALL_BUDGET, TOKEN_BUDGET):
-        if line.startswith(prefix):
-            line = line[len(prefix):].lstrip("0123456789 ")
-    return line
-
-
 def line_kind(line: str) -> str:
     """The kind of a trace line outside spawn and join blocks; a prompt's budget prefixes are skipped."""
-    line = strip_prefixes(line)
+    line = strip_budget_prefixes(line)
     kind = next((kind for kind, start, _ in LINE_PATTERNS if line.startswith(start)), None)
     if kind:
         return kind
@@ -163,15 +156,8 @@ class Line:
 
 def read_lines(text: str) -> Iterator[Line]:
     """Every line of `text` outside join blocks (they copy children's results), with its kind and parse."""
-    in_join, offset = False, 0
-    for raw in text.splitlines(keepends=True):
-        start, offset, complete, line = offset, offset + len(raw), raw.endswith("\n"), raw.rstrip("\r\n")
-        if line.startswith(JOIN_OPEN):
-            in_join = True
-        if in_join:
-            in_join = not line.startswith(JOIN_CLOSE)
-            continue
-        body = strip_prefixes(line)
+    for start, line, complete in lines_outside_joins(text):
+        body = strip_budget_prefixes(line)
         kind = line_kind(body)
         pattern = next((p for k, _, p in LINE_PATTERNS if k == kind), None)
         yield Line(start, start + len(line) - len(body), body, complete, kind, pattern.match(body) if pattern else None)
